@@ -1,0 +1,52 @@
+"""Lightning callbacks of transferlab."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+
+from transferlab.run_folder import write_metrics
+
+
+class EpochHistory(pl.Callback):
+    """Keeps one row of epoch-level metrics per epoch, writes metrics.csv, and prints a plain line per epoch.
+
+    The history lives in the checkpoint, so a resumed run's metrics.csv and curves cover every epoch.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.history: list[dict[str, Any]] = []
+        self._epoch_start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Validation has run by now: callback_metrics holds this epoch's train and val values.
+        row: dict[str, Any] = {"epoch": trainer.current_epoch}
+        for key, value in sorted(trainer.callback_metrics.items()):
+            if key.endswith("_step") or key.startswith("lr-"):  # lr comes from the optimizer below
+                continue
+            row[key.removesuffix("_epoch")] = round(float(value), 6)
+        for group in trainer.optimizers[0].param_groups if trainer.optimizers else []:
+            row[f"lr/{group.get('name', 'group')}"] = group["lr"]
+        row["epoch_time_s"] = round(time.perf_counter() - self._epoch_start, 3)
+        self.history.append(row)
+        self._report(row, trainer.max_epochs)
+
+    @rank_zero_only
+    def _report(self, row: dict[str, Any], max_epochs: int) -> None:
+        write_metrics(self.run_dir, self.history)
+        shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train/", "val/")))
+        rank_zero_info(f"epoch {row['epoch'] + 1}/{max_epochs} {shown} ({row['epoch_time_s']:.1f}s)")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])

@@ -1,0 +1,251 @@
+"""The LightningDataModule for image classification: a source, split, subsampled and transformed."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from transferlab.data import sources
+from transferlab.data.transforms import AUGMENT_PRESETS, build_transform, resolve_data_config
+from transferlab.errors import ConfigError
+
+SOURCES = ("digits", "folder")
+BAD_FILE_POLICIES = ("skip", "error")
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """Train/val(/test) image classification data, configured by the ``data.`` options.
+
+    ``class_names``, ``num_classes`` and the resolved ``data_config`` are ready after ``__init__`` (folders
+    are listed, no image is decoded); ``setup`` checks the files, makes the splits and builds the datasets.
+    """
+
+    def __init__(
+        self,
+        source: str = "digits",
+        root: str | None = None,
+        classes: list[int] | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.0,
+        split_seed: int = 0,
+        samples_per_class: int | None = None,
+        train_fraction: float | None = None,
+        augment: str = "none",
+        input_size: int | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        data_config: dict | None = None,
+        bad_files: str = "skip",
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        output_dir: str | None = None,
+    ):
+        super().__init__()
+        _check_choice("source", source, SOURCES)
+        _check_choice("augment", augment, AUGMENT_PRESETS)
+        _check_choice("bad_files", bad_files, BAD_FILE_POLICIES)
+        _check_range("val_fraction", val_fraction, 0.0, 1.0, low_open=True, example=0.2)
+        _check_range("test_fraction", test_fraction, 0.0, 1.0, low_open=False, example=0.1)
+        if val_fraction + test_fraction >= 1:
+            raise ConfigError(
+                f"data.val_fraction={val_fraction} + data.test_fraction={test_fraction} leave no training "
+                "images; make their sum < 1"
+            )
+        if samples_per_class is not None and train_fraction is not None:
+            raise ConfigError(
+                "data.samples_per_class and data.train_fraction are both set; set only one of them"
+            )
+        if samples_per_class is not None and int(samples_per_class) < 1:
+            raise ConfigError(f"data.samples_per_class={samples_per_class} must be >= 1, e.g. 5")
+        if train_fraction is not None:
+            _check_range(
+                "train_fraction", train_fraction, 0.0, 1.0, low_open=True, high_open=False, example=0.1
+            )
+        if int(split_seed) < 0:
+            raise ConfigError(f"data.split_seed={split_seed} must be >= 0")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and int(value) < 1:
+                raise ConfigError(f"data.{name}={value} must be >= 1, e.g. 32")
+        if int(num_workers) < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be >= 0 (0 loads in the main process)")
+
+        self.source, self.root, self.augment, self.bad_files = source, root, augment, bad_files
+        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        self.split_seed = int(split_seed)
+        self.samples_per_class = None if samples_per_class is None else int(samples_per_class)
+        self.train_fraction = None if train_fraction is None else float(train_fraction)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = self.batch_size if eval_batch_size is None else int(eval_batch_size)
+        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.data_config = resolve_data_config(data_config, input_size, mean, std)
+
+        # Listing is cheap and catches layout mistakes before any model is built.
+        if source == "digits":
+            if root is not None:
+                raise ConfigError(f"data.root={root} is set but data.source=digits; add data.source=folder")
+            digits, self.class_names = sources.load_digits(_check_digit_classes(classes))
+            self._raw = {"all": digits}
+        else:
+            if root is None:
+                raise ConfigError(
+                    "data.root is required with data.source=folder; set data.root=PATH/TO/IMAGES"
+                )
+            if classes is not None:
+                raise ConfigError(
+                    "data.classes selects digits and only applies to data.source=digits; remove data.classes"
+                )
+            self._raw, self.class_names = sources.scan_folder(root)
+        self.num_classes = len(self.class_names)
+        self._datasets: dict[str, sources.LabeledImages] = {}
+
+    # --- Lightning hooks ------------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check the files, split and subsample, build the datasets; later calls do nothing."""
+        if self._datasets:
+            return
+        raw = self._drop_bad_files(self._raw) if self.source == "folder" else self._raw
+        splits = self._make_splits(raw)
+        splits["train"] = sources.few_shot(
+            splits["train"], self.class_names, self.split_seed, self.samples_per_class, self.train_fraction
+        )
+        train_tf = build_transform(self.data_config, self.augment, train=True)
+        eval_tf = build_transform(self.data_config, self.augment, train=False)
+        self._datasets = {
+            name: sources.LabeledImages(split, train_tf if name == "train" else eval_tf)
+            for name, split in splits.items()
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.datasets:
+            fix = "set data.test_fraction, e.g. data.test_fraction=0.2"
+            if self.source == "folder" and "all" not in self._raw:
+                fix = f"add a test/ folder beside train/ and val/ in data.root={self.root}, or {fix}"
+            raise ConfigError(f"no test split: {fix}")
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test" if "test" in self.datasets else "val")
+
+    # --- helpers --------------------------------------------------------------------------------------
+
+    @property
+    def datasets(self) -> dict[str, sources.LabeledImages]:
+        """The built datasets by split name (``train``, ``val``, maybe ``test``); sets up on first use."""
+        self.setup()
+        return self._datasets
+
+    def split_sizes(self) -> dict[str, int]:
+        """Images per split after bad-file removal and few-shot subsampling; ``test`` is 0 when absent."""
+        return {name: len(self.datasets[name]) if name in self.datasets else 0 for name in sources.SPLITS}
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _make_splits(self, raw: dict[str, sources.Split]) -> dict[str, sources.Split]:
+        """Stratified val/test splits where the source has none; the test split is cut first so that it stays
+        the same when only data.val_fraction changes."""
+        seed = self.split_seed
+        if "all" in raw:  # digits, or a folder of class folders
+            rest, splits = raw["all"], {}
+            if self.test_fraction > 0:
+                rest, splits["test"] = sources.split_off(rest, self.test_fraction, seed, "data.test_fraction")
+            # val_fraction is of all images, so rescale it to what is left after the test split.
+            val_share = self.val_fraction / (1 - self.test_fraction)
+            splits["train"], splits["val"] = sources.split_off(rest, val_share, seed, "data.val_fraction")
+            return splits
+        splits = dict(raw)
+        if "test" not in splits and self.test_fraction > 0:
+            # A train/ + val/ tree without test/: data.test_fraction carves the test split out of train/.
+            splits["train"], splits["test"] = sources.split_off(
+                splits["train"], self.test_fraction, seed, "data.test_fraction"
+            )
+        return splits
+
+    def _drop_bad_files(self, raw: dict[str, sources.Split]) -> dict[str, sources.Split]:
+        """Apply data.bad_files to files PIL cannot read; skipped ones go to output_dir/bad_files.txt."""
+        bad = sources.find_unreadable([path for split in raw.values() for path in split.items])
+        if not bad:
+            return raw
+        first, reason = next(iter(bad.items()))
+        if self.bad_files == "error":
+            raise ConfigError(
+                f"data.root={self.root}: {first} is not a readable image ({reason}); "
+                "delete it or set data.bad_files=skip"
+            )
+        where = "(set data.bad_files=error to stop instead)"
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            listing = self.output_dir / "bad_files.txt"
+            listing.write_text("".join(f"{path}\n" for path in bad))
+            where = f"listed in {listing}"
+        warnings.warn(
+            f"data.bad_files=skip: skipped {len(bad)} unreadable image file(s) under {self.root}, {where}",
+            stacklevel=2,
+        )
+        kept = {}
+        for name, split in raw.items():
+            keep = [i for i, path in enumerate(split.items) if path not in bad]
+            kept[name] = split.subset(keep)
+            for label, class_name in enumerate(self.class_names):
+                if not (kept[name].labels == label).any():
+                    where = "" if name == "all" else f" in {name}"
+                    raise ConfigError(
+                        f"data.root={self.root}: class folder '{class_name}'{where} has no readable images; "
+                        "remove it or add images"
+                    )
+        return kept
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"data.{option}={value}: unknown value; choose one of {', '.join(choices)}")
+
+
+def _check_range(
+    option: str,
+    value: float,
+    low: float,
+    high: float,
+    low_open: bool,
+    high_open: bool = True,
+    example: float = 0.2,
+) -> None:
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (above and below):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"data.{option}={value} must be in {interval}, e.g. data.{option}={example}")
+
+
+def _check_digit_classes(classes: list[int] | None) -> list[int] | None:
+    if classes is None:
+        return None
+    shown = f"data.classes={list(classes)}"
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 9 for c in classes):
+        raise ConfigError(f"{shown}: digit classes are integers in 0..9, e.g. data.classes=[5,6,7,8,9]")
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"{shown}: a digit is listed twice; list each digit once")
+    if len(classes) < 2:
+        raise ConfigError(f"{shown}: a classifier needs at least 2 digits, e.g. data.classes=[0,1]")
+    return list(classes)

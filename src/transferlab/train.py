@@ -1,0 +1,172 @@
+"""transferlab-train: one Hydra main that builds backbone, head, data, schedule and Trainer, fits and tests."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from transferlab.cli import cli_main, conf_dir, run_task
+from transferlab.config import validate
+from transferlab.run_folder import CHECKPOINTS, write_summary
+
+log = logging.getLogger("transferlab")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit (and test) one run into ``cfg.paths.output_dir``; return its summary. summary.json says how it ended."""
+    run_dir = Path(cfg.paths.output_dir)
+    summary: dict[str, Any] = {"status": "running", "task": "train", "run_dir": str(run_dir),
+                               "overrides": _overrides(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_summary(run_dir, summary)
+    start = time.perf_counter()
+    try:
+        validate(cfg)
+        summary.update(_fit(cfg, run_dir))
+        summary["status"] = "completed"
+    except BaseException as e:
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        summary["timings"] = {**summary.get("timings", {}), "total_s": round(time.perf_counter() - start, 2)}
+        write_summary(run_dir, summary)
+    return summary
+
+
+def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from transferlab.callbacks import EpochHistory
+    from transferlab.module import TransferModule
+    from transferlab.run_folder import plot_confusion, plot_curves
+
+    pl.seed_everything(cfg.seed, workers=True)
+    backbone = instantiate(cfg.backbone)
+    datamodule = instantiate(cfg.data, data_config=backbone.data_config)
+    head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=datamodule.num_classes)
+    lr_scheduler = instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
+    module = TransferModule(
+        backbone,
+        head,
+        class_names=datamodule.class_names,
+        schedule=instantiate(cfg.schedule),
+        optimizer=instantiate(cfg.optimizer),
+        lr_scheduler=lr_scheduler,
+        label_smoothing=cfg.label_smoothing,
+        metadata={
+            **{k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "head", "data")},
+            "data_config": datamodule.data_config,
+        },
+    )
+
+    history = EpochHistory(run_dir)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    tty = sys.stderr.isatty()
+    callbacks = [c for c in callbacks if _wanted(c, loggers, tty)] + [history]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_progress_bar=tty)
+
+    ckpt_path = _resume_path(cfg.get("ckpt_path"), run_dir)
+    fit_start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_s = time.perf_counter() - fit_start
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training was interrupted")
+
+    out: dict[str, Any] = {
+        "monitor": cfg.monitor,
+        "class_names": module.class_names,
+        "data_config": module.metadata["data_config"],
+        "split_sizes": datamodule.split_sizes(),
+        "weights_report": backbone.weights_report,
+        "layer_groups": [g.name for g in module.layer_groups],
+        "resumed_from": ckpt_path,
+        "epochs": len(history.history),
+        "final": history.history[-1] if history.history else {},
+        "versions": _versions(),
+    }
+    best = _best_row(history.history, cfg.monitor, cfg.monitor_mode)
+    if best:
+        out["best"], out["best_epoch"] = best, best["epoch"]
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None:
+        out["checkpoints"] = {"best": checkpoint.best_model_path or None, "last": checkpoint.last_model_path or None}
+
+    if history.history and trainer.is_global_zero:
+        plot_curves(run_dir, history.history)
+    if cfg.get("test") and datamodule.split_sizes().get("test"):
+        best_path = checkpoint.best_model_path if checkpoint is not None else None
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+        out["test"] = {k: round(float(v), 6) for k, v in results[0].items()}
+        if trainer.is_global_zero:
+            plot_confusion(run_dir / "confusion.png", module.confusion.compute().cpu(), module.class_names)
+    out["timings"] = {"fit_s": round(fit_s, 2), "epoch_s": [r["epoch_time_s"] for r in history.history]}
+    return out
+
+
+def _wanted(callback, loggers: list, tty: bool) -> bool:
+    """Drop the progress bar without a terminal (batch logs get one line per epoch) and lr logging without a logger."""
+    from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
+
+    if isinstance(callback, ProgressBar):
+        return tty
+    return not (isinstance(callback, LearningRateMonitor) and not loggers)
+
+
+def _resume_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    if ckpt_path != "last":
+        return ckpt_path
+    last = run_dir / CHECKPOINTS / "last.ckpt"
+    if last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    log.info("ckpt_path=last: no %s yet, starting from the beginning", last)
+    return None
+
+
+def _best_row(history: list[dict], monitor: str, mode: str) -> dict | None:
+    rows = [r for r in history if r.get(monitor) is not None]
+    if not rows:
+        return None
+    pick = max if mode == "max" else min
+    return pick(rows, key=lambda r: r[monitor])
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import pytorch_lightning
+    import timm
+    import torch
+
+    import transferlab
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "lightning": pytorch_lightning.__version__,
+            "timm": timm.__version__, "transferlab": transferlab.__version__}
+
+
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    summary = run_task(train, cfg)
+    if isinstance(summary, dict):
+        value = (summary.get("best") or {}).get(cfg.monitor)
+        return float("nan") if value is None else value  # a sweeper optimises what this returns
+    return summary
+
+
+main = cli_main(_hydra_main)
+
+if __name__ == "__main__":
+    main()
