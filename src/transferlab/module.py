@@ -162,3 +162,26 @@ class TransferModule(pl.LightningModule):
             key, *rest = rng["numpy"]
             np.random.set_state(("MT19937", key.numpy().astype(np.uint32), *rest))
             random.setstate(rng["python"])
+
+
+def load_module(ckpt_path: str, map_location: str = "cpu") -> TransferModule:
+    """Rebuild a TransferModule from a transferlab checkpoint alone (no data module, no Hydra app).
+
+    The backbone is built from the saved config without downloading or loading weights: the checkpoint has them.
+    """
+    from hydra.utils import instantiate
+
+    from transferlab.errors import ConfigError
+
+    try:
+        checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as e:
+        raise ConfigError(f"ckpt_path={ckpt_path}: file not found; give a checkpoint from a run's checkpoints/") from e
+    meta = checkpoint.get("transferlab") if isinstance(checkpoint, dict) else None
+    if meta is None:
+        raise ConfigError(f"ckpt_path={ckpt_path}: not a transferlab checkpoint (no 'transferlab' metadata)")
+    backbone = instantiate({**meta["backbone"], "pretrained": False, "weights": None})
+    head = instantiate(meta["head"])(in_features=backbone.num_features, num_classes=len(meta["class_names"]))
+    module = TransferModule(backbone, head, class_names=meta["class_names"], metadata=meta)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval()

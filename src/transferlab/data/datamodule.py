@@ -152,11 +152,14 @@ class ClassificationDataModule(pl.LightningDataModule):
         return {name: len(self.datasets[name]) if name in self.datasets else 0 for name in sources.SPLITS}
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        dataset = self.datasets[split]
+        batch_size = self.batch_size if split == "train" else self.eval_batch_size
         return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            dataset,
+            batch_size=batch_size,
             shuffle=shuffle,
-            drop_last=False,
+            # A last training batch of one image breaks BatchNorm ("more than 1 value per channel"): drop it.
+            drop_last=split == "train" and len(dataset) % batch_size == 1,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
