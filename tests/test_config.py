@@ -1,0 +1,112 @@
+"""Every config group composes; the CLI prints configs and help; the composed config is validated."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import compose_config
+from omegaconf import OmegaConf
+
+from transferlab.cli import check_group_choices, conf_dir
+from transferlab.config import validate
+from transferlab.errors import ConfigError
+
+CONF = Path(conf_dir())
+BIN = Path(sys.executable).parent
+# Options that need a value the user must give.
+REQUIRED = {
+    "backbone/custom": ["backbone.model._target_=cifar_resnet.resnet20"],
+    "data/folder": ["data.root=/tmp"],
+    # These read the digits_source run's checkpoint, which the quickstart makes first.
+    "experiment/digits_finetune": ["backbone.weights=null"],
+    "experiment/digits_frozen": ["backbone.weights=null"],
+}
+OPTIONS = sorted(
+    (group.name, option.stem)
+    for group in CONF.iterdir()
+    if group.is_dir() and group.name != "hydra"
+    for option in group.glob("*.yaml")
+)
+
+
+def test_groups_cover_the_design():
+    groups = {g.name for g in CONF.iterdir() if g.is_dir()}
+    expected = {"backbone", "head", "data", "schedule", "optimizer", "lr_scheduler", "trainer", "logger",
+                "callbacks", "experiment", "paths", "hydra"}
+    assert expected <= groups
+    assert {"train.yaml", "eval.yaml", "predict.yaml"} <= {p.name for p in CONF.glob("*.yaml")}
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
+def test_every_option_composes(group, option):
+    cfg = compose_config(f"{group}={option}", "paths.output_dir=/tmp/x", *REQUIRED.get(f"{group}/{option}", []))
+    assert OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    if group not in ("data",):  # data/folder points at a folder that exists but holds no classes
+        validate(cfg)
+
+
+def test_defaults_are_a_valid_offline_run():
+    cfg = compose_config("paths.output_dir=/tmp/x")
+    validate(cfg)
+    assert cfg.backbone.pretrained is False and cfg.data.source == "digits"
+
+
+@pytest.mark.parametrize(
+    ("override", "option"),
+    [
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("optimizer.lr=-1e-3", "optimizer.lr"),
+        ("optimizer.lr=abc", "optimizer.lr"),
+        ("schedule.backbone_lr_mult=0", "schedule.backbone_lr_mult"),
+        ("schedule.freeze_depth=-1", "schedule.freeze_depth"),
+        ("schedule.freeze_depth=some", "schedule.freeze_depth"),
+        ("trainer.max_epochs=0", "trainer.max_epochs"),
+        ("trainer.precision=8-mixed", "trainer.precision"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("backbone.weights=/no/such/file.pth", "backbone.weights"),
+        ("ckpt_path=/no/such.ckpt", "ckpt_path"),
+        ("label_smoothing=1.5", "label_smoothing"),
+        ("monitor_mode=up", "monitor_mode"),
+    ],
+)
+def test_validation_names_the_option(override, option):
+    cfg = compose_config(override, "paths.output_dir=/tmp/x")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    assert message.startswith(option) and "\n" not in message
+
+
+def test_missing_required_value_is_named():
+    cfg = compose_config("data=folder", "paths.output_dir=/tmp/x")
+    with pytest.raises(ConfigError, match=r"^data.root is required"):
+        validate(cfg)
+
+
+def test_unknown_group_option_is_one_line():
+    with pytest.raises(ConfigError, match=r"^backbone=timmm: unknown option; choose one of custom, timm$"):
+        check_group_choices(["backbone=timmm"], CONF)
+    with pytest.raises(ConfigError, match=r"^schedule=gradual: unknown option"):
+        check_group_choices(["-m", "schedule=full,gradual"], CONF)
+    check_group_choices(["schedule=full,frozen", "logger=[csv,wandb]", "optimizer.lr=1"], CONF)
+
+
+def test_cli_prints_config_and_help():
+    job = subprocess.run([BIN / "transferlab-train", "--cfg", "job", "backbone.name=convnext_atto"],
+                         capture_output=True, text=True, check=True)
+    assert "name: convnext_atto" in job.stdout and "_target_: transferlab.backbones.create_backbone" in job.stdout
+    help_text = subprocess.run([BIN / "transferlab-train", "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    for group in ("backbone", "head", "data", "schedule", "optimizer", "trainer", "experiment"):
+        assert f"{group}:" in help_text
+
+
+def test_cli_unknown_option_exits_with_one_line(tmp_path):
+    result = subprocess.run([BIN / "transferlab-train", "head=conv", f"hydra.run.dir={tmp_path}/run"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: head=conv: unknown option; choose one of linear, mlp"
+    ]
+    assert not (tmp_path / "run").exists()
