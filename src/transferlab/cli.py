@@ -73,3 +73,19 @@ def run_task(task: Callable, cfg) -> float | None:
             raise
         log.exception("job failed: %s", e)
     return math.nan
+
+
+def instantiate(config, *args, **kwargs):
+    """``hydra.utils.instantiate`` that lets our one-line ConfigError through instead of Hydra's wrapper."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(config, *args, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while isinstance(cause, InstantiationException):  # nested targets, e.g. a custom backbone's model
+            cause = cause.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise

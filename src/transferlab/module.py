@@ -86,11 +86,19 @@ class TransferModule(pl.LightningModule):
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def train(self, mode: bool = True):
-        # Lightning calls .train() at every epoch start and after validation: frozen BatchNorm stays in eval mode.
+        # Whoever calls .train() (users, strategies, older Lightning), frozen BatchNorm keeps its statistics.
         super().train(mode)
+        self._freeze_batchnorm_statistics()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning 2.x does not call .train(): it restores each module's own mode after validation, so eval
+        # mode set here lasts the epoch.
+        self._freeze_batchnorm_statistics()
+
+    def _freeze_batchnorm_statistics(self) -> None:
         for bn in self.frozen_batchnorms:
             bn.eval()
-        return self
 
     def _step(self, batch, metrics: MetricCollection, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, target = batch
@@ -169,8 +177,7 @@ def load_module(ckpt_path: str, map_location: str = "cpu") -> TransferModule:
 
     The backbone is built from the saved config without downloading or loading weights: the checkpoint has them.
     """
-    from hydra.utils import instantiate
-
+    from transferlab.cli import instantiate
     from transferlab.errors import ConfigError
 
     try:

@@ -11,7 +11,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.cli import cli_main, conf_dir, run_task
+from transferlab.cli import cli_main, conf_dir, instantiate, run_task
 from transferlab.config import validate
 from transferlab.run_folder import CHECKPOINTS, write_summary
 
@@ -40,7 +40,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
 
     from transferlab.callbacks import EpochHistory
     from transferlab.module import TransferModule
@@ -78,6 +77,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     fit_s = time.perf_counter() - fit_start
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted")
+    rows = list(history.history)  # testing the best checkpoint below restores that epoch's callback state
 
     out: dict[str, Any] = {
         "monitor": cfg.monitor,
@@ -87,26 +87,27 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "weights_report": backbone.weights_report,
         "layer_groups": [g.name for g in module.layer_groups],
         "resumed_from": ckpt_path,
-        "epochs": len(history.history),
-        "final": history.history[-1] if history.history else {},
+        "epochs": len(rows),
+        "final": rows[-1] if rows else {},
         "versions": _versions(),
     }
-    best = _best_row(history.history, cfg.monitor, cfg.monitor_mode)
+    best = _best_row(rows, cfg.monitor, cfg.monitor_mode)
     if best:
         out["best"], out["best_epoch"] = best, best["epoch"]
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None:
-        out["checkpoints"] = {"best": checkpoint.best_model_path or None, "last": checkpoint.last_model_path or None}
+        last = run_dir / CHECKPOINTS / "last.ckpt"
+        out["checkpoints"] = {"best": checkpoint.best_model_path or None, "last": str(last) if last.is_file() else None}
 
-    if history.history and trainer.is_global_zero:
-        plot_curves(run_dir, history.history)
+    if rows and trainer.is_global_zero:
+        plot_curves(run_dir, rows)
     if cfg.get("test") and datamodule.split_sizes().get("test"):
         best_path = checkpoint.best_model_path if checkpoint is not None else None
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         out["test"] = {k: round(float(v), 6) for k, v in results[0].items()}
         if trainer.is_global_zero:
             plot_confusion(run_dir / "confusion.png", module.confusion.compute().cpu(), module.class_names)
-    out["timings"] = {"fit_s": round(fit_s, 2), "epoch_s": [r["epoch_time_s"] for r in history.history]}
+    out["timings"] = {"fit_s": round(fit_s, 2), "epoch_s": [r["epoch_time_s"] for r in rows]}
     return out
 
 

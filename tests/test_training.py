@@ -1,0 +1,161 @@
+"""Real tiny training runs: what freezing keeps, what resume restores, what a run folder holds."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+from transferlab.errors import ConfigError
+from transferlab.train import train
+
+BIN = Path(sys.executable).parent
+
+
+def _state(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _initial_backbone(cfg) -> dict[str, torch.Tensor]:
+    from hydra.utils import instantiate
+
+    torch.manual_seed(cfg.seed)
+    return {k: v.clone() for k, v in instantiate(cfg.backbone).model.state_dict().items()}
+
+
+def test_run_folder_contract(trained_run):
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["class_names"] == ["0", "1", "2"]
+    assert summary["data_config"]["input_size"] == [3, 32, 32]
+    assert summary["epochs"] == 2 and summary["best_epoch"] in (0, 1)
+    assert {"torch", "lightning", "timm", "transferlab"} <= set(summary["versions"])
+    assert 0 <= summary["test"]["test/acc"] <= 1 and "test/f1" in summary["test"]
+    assert summary["timings"]["fit_s"] > 0 and len(summary["timings"]["epoch_s"]) == 2
+    for name in ("metrics.csv", "curves.png", "confusion.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+                 ".hydra/config.yaml" if (trained_run / ".hydra").exists() else "metrics.csv"):
+        assert (trained_run / name).is_file(), name
+    rows = list(csv.DictReader((trained_run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert {"train/loss", "val/loss", "val/acc", "lr/head", "lr/stem"} <= set(rows[0])
+    meta = torch.load(trained_run / "checkpoints/best.ckpt", weights_only=True)["transferlab"]
+    assert meta["class_names"] == ["0", "1", "2"] and meta["data_config"]["input_size"] == (3, 32, 32)
+
+
+@pytest.mark.parametrize("freeze_depth", [2, "all"])
+def test_frozen_parameters_and_batchnorm_statistics_do_not_move(make_cfg, tmp_path, freeze_depth):
+    cfg = make_cfg(f"schedule.freeze_depth={freeze_depth}", "schedule.backbone_lr_mult=0.5", "test=false")
+    before = _initial_backbone(cfg)
+    train(cfg)
+    after = {k.removeprefix("backbone."): v for k, v in _state(tmp_path / "run/checkpoints/last.ckpt").items()
+             if k.startswith("backbone.")}
+    frozen_prefixes = ("conv1.", "bn1.", "layer1.") if freeze_depth == 2 else ("",)
+    frozen = [k for k in before if k.startswith(frozen_prefixes)]
+    assert any("running_mean" in k for k in frozen)  # BatchNorm statistics are among the frozen tensors
+    for key in frozen:
+        assert torch.equal(before[key], after[key]), key
+    trained = [k for k in before if k not in frozen and k.endswith("weight")]
+    assert all(not torch.equal(before[k], after[k]) for k in trained)
+    assert len(trained) == (0 if freeze_depth == "all" else len(trained)) and (freeze_depth == "all" or trained)
+
+    rows = list(csv.DictReader((tmp_path / "run/metrics.csv").open()))
+    assert float(rows[0]["lr/layer4"]) == pytest.approx(0.5 * float(rows[0]["lr/head"]))
+
+
+def test_resume_from_last_matches_an_uninterrupted_run(make_cfg, tmp_path):
+    epochs = ["trainer.max_epochs=3", "test=false"]
+    train(make_cfg(*epochs, run="straight"))
+    # Stop after the first epoch as a preemption would, then resume in the same run folder.
+    train(make_cfg(*epochs, "+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0",
+                   run="resumed"))
+    assert json.loads((tmp_path / "resumed/summary.json").read_text())["epochs"] == 1
+    summary = train(make_cfg(*epochs, "ckpt_path=last", run="resumed"))
+    assert summary["resumed_from"].endswith("resumed/checkpoints/last.ckpt")
+    assert summary["epochs"] == 3  # the history came back from the checkpoint
+    straight, resumed = _state(tmp_path / "straight/checkpoints/last.ckpt"), _state(
+        tmp_path / "resumed/checkpoints/last.ckpt")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_failed_run_says_so_and_leaves_no_checkpoints(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"^schedule.freeze_depth=9: the backbone has 5 layer groups"):
+        train(make_cfg("schedule.freeze_depth=9"))
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["status"] == "failed" and "freeze_depth=9" in summary["error"]
+    assert not (tmp_path / "run/checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.root=/no/such/folder", r"^data.root=/no/such/folder: folder not found"),
+        ("backbone.name=vit_tiny_patch16_2244", r"^backbone.name=vit_tiny_patch16_2244: unknown timm model"),
+    ],
+)
+def test_user_errors_in_a_run(make_cfg, override, message):
+    extra = ["data=folder", "data.classes=null"] if override.startswith("data.root") else []
+    with pytest.raises(ConfigError, match=message):
+        train(make_cfg(*extra, override))
+
+
+def test_weights_that_do_not_fit_say_how_many_keys_matched(make_cfg, tmp_path):
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match=r"^backbone.weights=.*0 of 1 tensors fit the model"):
+        train(make_cfg(f"backbone.weights={tmp_path / 'other.pth'}"))
+
+
+def test_cli_errors_are_one_line_with_exit_2(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the hub download path, failing fast as it does offline
+    result = subprocess.run(
+        [BIN / "transferlab-train", *TINY, "backbone.name=resnet18", "backbone.pretrained=true",
+         f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: backbone.pretrained=true: could not download")
+    assert "backbone.weights=PATH" in lines[0]
+    assert json.loads((tmp_path / "run/summary.json").read_text())["status"] == "failed"
+
+
+def test_multirun_grid_goes_on_past_a_failed_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [BIN / "transferlab-train", "-m", *TINY, "test=false", "optimizer.lr=1e-4,1e-3",
+         "schedule.freeze_depth=0,2,9", f"hydra.sweep.dir={sweep}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+    assert len(summaries) == 6
+    failed = {k for k, s in summaries.items() if s["status"] == "failed"}
+    assert len(failed) == 2 and all("freeze_depth=9" in summaries[k]["error"] for k in failed)
+    completed = [s for s in summaries.values() if s["status"] == "completed"]
+    grid = sorted((float(o["optimizer.lr"]), int(o["schedule.freeze_depth"]))
+                  for o in (dict(x.split("=", 1) for x in s["overrides"]) for s in completed))
+    assert grid == [(1e-4, 0), (1e-4, 2), (1e-3, 0), (1e-3, 2)]
+    assert all((sweep / k / "checkpoints/last.ckpt").is_file() for k in summaries if k not in failed)
+
+
+def test_custom_backbone_with_a_checkpoint_from_the_wild_on_real_images(shared_data, make_cfg, tmp_path):
+    """The CIFAR-10 ResNet-20 checkpoint (DataParallel keys, nested state_dict, CUDA tensors) on hymenoptera."""
+    weights = shared_data / "pretrained/cifar10_resnet20/resnet20-12fca82f.th"
+    cfg = make_cfg(
+        "backbone=custom", "backbone.name=null", "backbone.model._target_=cifar_resnet.resnet20", f"backbone.weights={weights}",
+        "backbone.data_config.input_size=[3,32,32]", "data=folder", "data.classes=null", f"data.root={shared_data / 'hymenoptera'}",
+        "data.num_workers=0", "data.batch_size=64", "trainer.max_epochs=2", "schedule.freeze_depth=2",
+        "optimizer.lr=3e-3",
+    )
+    summary = train(cfg)
+    assert summary["status"] == "completed"
+    assert summary["weights_report"].startswith(f"weights {weights}: 95/95 model tensors loaded; 0 missing")
+    assert summary["class_names"] == ["ants", "bees"] and summary["split_sizes"]["train"] == 245
+    assert summary["layer_groups"] == ["conv1", "bn1", "layer1", "layer2", "layer3"]
+    assert summary["best"]["val/acc"] > 0.5
+    from transferlab.module import load_module
+
+    module = load_module(summary["checkpoints"]["best"])
+    assert module.class_names == ["ants", "bees"]
