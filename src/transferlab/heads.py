@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from transferlab.errors import ConfigError
+
 
 def out_features(num_classes: int, binary: bool) -> int:
     """Binary tasks use one logit with a sigmoid; anything else one logit per class."""
@@ -37,6 +39,9 @@ class MLPHead(nn.Module):
         binary: bool = False,
     ):
         super().__init__()
+        for option, value, choices in (("activation", activation, _ACTIVATIONS), ("norm", norm, _NORMS)):
+            if value is not None and value not in choices:
+                raise ConfigError(f"head.{option}={value}: unknown; choose one of {', '.join(choices)}")
         self.binary = binary and num_classes == 2
         layers: list[nn.Module] = []
         width = in_features
