@@ -30,9 +30,7 @@ class CifarResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[0])
         cin = widths[0]
         for i, w in enumerate(widths):
-            layers = [
-                BasicBlock(cin if j == 0 else w, w, 2 if i > 0 and j == 0 else 1) for j in range(blocks)
-            ]
+            layers = [BasicBlock(cin if j == 0 else w, w, 2 if i > 0 and j == 0 else 1) for j in range(blocks)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
             cin = w
         self.num_features = widths[-1]

@@ -8,8 +8,14 @@ from transferlab.backbones import create_backbone
 from transferlab.errors import ConfigError
 from transferlab.layer_groups import layer_groups
 
-FAMILIES = ["resnet18", "convnext_atto", "vit_tiny_patch16_224", "efficientnet_b0", "mobilenetv3_small_050",
-            "regnetx_002"]
+FAMILIES = [
+    "resnet18",
+    "convnext_atto",
+    "vit_tiny_patch16_224",
+    "efficientnet_b0",
+    "mobilenetv3_small_050",
+    "regnetx_002",
+]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -22,12 +28,20 @@ def test_every_parameter_in_exactly_one_group(name):
     # input to output: the first group holds the stem, and group order follows parameter order
     first_index = [names.index(g.param_names[0]) for g in backbone.layer_groups]
     assert first_index == sorted(first_index) and first_index[0] == 0
-    assert backbone.model(torch.zeros(2, *backbone.data_config["input_size"])).shape == (2, backbone.num_features)
+    assert backbone.model(torch.zeros(2, *backbone.data_config["input_size"])).shape == (
+        2,
+        backbone.num_features,
+    )
 
 
 def test_group_names_follow_the_architecture():
-    assert [g.name for g in create_backbone("resnet18").layer_groups] == ["stem", "layer1", "layer2", "layer3",
-                                                                         "layer4"]
+    assert [g.name for g in create_backbone("resnet18").layer_groups] == [
+        "stem",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+    ]
     vit = [g.name for g in create_backbone("vit_tiny_patch16_224").layer_groups]
     assert vit[0] == "stem" and vit[1] == "blocks.0" and vit[-1] == "blocks.11+norm"
 

@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
 from omegaconf import OmegaConf
 
+from conftest import compose_config
 from transferlab.cli import check_group_choices, conf_dir
 from transferlab.config import validate
 from transferlab.errors import ConfigError
@@ -32,8 +32,20 @@ OPTIONS = sorted(
 
 def test_groups_cover_the_design():
     groups = {g.name for g in CONF.iterdir() if g.is_dir()}
-    expected = {"backbone", "head", "data", "schedule", "optimizer", "lr_scheduler", "trainer", "logger",
-                "callbacks", "experiment", "paths", "hydra"}
+    expected = {
+        "backbone",
+        "head",
+        "data",
+        "schedule",
+        "optimizer",
+        "lr_scheduler",
+        "trainer",
+        "logger",
+        "callbacks",
+        "experiment",
+        "paths",
+        "hydra",
+    }
     assert expected <= groups
     assert {"train.yaml", "eval.yaml", "predict.yaml"} <= {p.name for p in CONF.glob("*.yaml")}
 
@@ -93,20 +105,24 @@ def test_unknown_group_option_is_one_line():
 
 
 def test_cli_prints_config_and_help():
-    job = subprocess.run([BIN / "transferlab-train", "--cfg", "job", "backbone.name=convnext_atto"],
-                         capture_output=True, text=True, check=True)
+    job = subprocess.run(
+        [BIN / "transferlab-train", "--cfg", "job", "backbone.name=convnext_atto"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "name: convnext_atto" in job.stdout and "_target_: transferlab.backbones.create_backbone" in job.stdout
-    help_text = subprocess.run([BIN / "transferlab-train", "--help"], capture_output=True, text=True,
-                               check=True).stdout
+    help_text = subprocess.run([BIN / "transferlab-train", "--help"], capture_output=True, text=True, check=True).stdout
     for group in ("backbone", "head", "data", "schedule", "optimizer", "trainer", "experiment"):
         assert f"{group}:" in help_text
 
 
 def test_cli_unknown_option_exits_with_one_line(tmp_path):
-    result = subprocess.run([BIN / "transferlab-train", "head=conv", f"hydra.run.dir={tmp_path}/run"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [BIN / "transferlab-train", "head=conv", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: head=conv: unknown option; choose one of linear, mlp"
-    ]
+    assert result.stderr.strip().splitlines() == ["error: head=conv: unknown option; choose one of linear, mlp"]
     assert not (tmp_path / "run").exists()

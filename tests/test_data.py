@@ -83,9 +83,7 @@ def test_digits_splits_are_stratified_disjoint_and_seeded():
     total = sum(sizes.values())
     data = load_digits()
     rgb = np.repeat(np.round(data.images * 255 / 16).astype(np.uint8)[..., None], 3, axis=-1)
-    expected = Counter(
-        image.tobytes() for image, digit in zip(rgb, data.target, strict=True) if digit in DIGITS
-    )
+    expected = Counter(image.tobytes() for image, digit in zip(rgb, data.target, strict=True) if digit in DIGITS)
     assert image_keys(dm, "train") + image_keys(dm, "val") + image_keys(dm, "test") == expected
     assert abs(sizes["val"] - 0.2 * total) <= 1 and abs(sizes["test"] - 0.1 * total) <= 1
     for split, fraction in (("val", 0.2), ("test", 0.1)):
@@ -93,9 +91,7 @@ def test_digits_splits_are_stratified_disjoint_and_seeded():
         all_per_class = sum(np.bincount(dm.datasets[s].labels) for s in ("train", "val", "test"))
         assert np.all(np.abs(per_class - fraction * all_per_class) <= 1.5)
     assert image_keys(digits(val_fraction=0.2, test_fraction=0.1), "val") == image_keys(dm, "val")
-    assert image_keys(digits(val_fraction=0.2, test_fraction=0.1, split_seed=1), "val") != image_keys(
-        dm, "val"
-    )
+    assert image_keys(digits(val_fraction=0.2, test_fraction=0.1, split_seed=1), "val") != image_keys(dm, "val")
 
 
 def test_test_split_is_required_for_the_test_loader():
@@ -161,9 +157,7 @@ def test_overrides_win_over_the_backbone_data_config():
 @pytest.mark.parametrize("augment", ["none", "light", "strong"])
 def test_augment_presets_give_the_input_size(tmp_path, augment):
     root = make_tree(tmp_path / "imgs", per_class=3)
-    dm = ClassificationDataModule(
-        source="folder", root=str(root), augment=augment, input_size=40, batch_size=4
-    )
+    dm = ClassificationDataModule(source="folder", root=str(root), augment=augment, input_size=40, batch_size=4)
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 3, 40, 40) and labels.shape == (4,)
     assert next(iter(dm.val_dataloader()))[0].shape[1:] == (3, 40, 40)
@@ -173,9 +167,7 @@ def test_augment_presets_give_the_input_size(tmp_path, augment):
 
 
 def test_folder_with_train_val_test(tmp_path):
-    root = make_tree(
-        tmp_path / "imgs", splits=("train", "val", "test"), classes=("zebra", "ant"), per_class=4
-    )
+    root = make_tree(tmp_path / "imgs", splits=("train", "val", "test"), classes=("zebra", "ant"), per_class=4)
     (root / "train" / "ant" / "notes.txt").write_text("not an image, and not named like one")
     write_image(root / "train" / "ant" / "extra.jpeg", fmt="JPEG")
     dm = ClassificationDataModule(source="folder", root=str(root), input_size=32, eval_batch_size=3)
@@ -189,9 +181,7 @@ def test_folder_with_train_val_test(tmp_path):
 
 def test_flat_folder_is_split_by_fraction(tmp_path):
     root = make_tree(tmp_path, splits=("",), classes=("a", "b", "c"), per_class=10)
-    dm = ClassificationDataModule(
-        source="folder", root=str(root), val_fraction=0.2, test_fraction=0.1, input_size=32
-    )
+    dm = ClassificationDataModule(source="folder", root=str(root), val_fraction=0.2, test_fraction=0.1, input_size=32)
     assert dm.split_sizes() == {"train": 21, "val": 6, "test": 3}
     paths = [set(dm.datasets[s].items) for s in ("train", "val", "test")]
     assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
@@ -252,9 +242,7 @@ def test_folder_layout_mistakes_name_data_root(tmp_path):
     (root / "train" / "owl").mkdir()
     (root / "train" / "owl" / "readme.txt").write_text("no pictures")
     (root / "val" / "owl").mkdir()
-    assert f"data.root={root}: class folder 'owl' in train has no images" in error_of(
-        source="folder", root=str(root)
-    )
+    assert f"data.root={root}: class folder 'owl' in train has no images" in error_of(source="folder", root=str(root))
 
     root = make_tree(tmp_path / "no_val", splits=("train",))
     message = error_of(source="folder", root=str(root))

@@ -30,8 +30,16 @@ def test_head_shapes_and_options():
 
 
 def test_binary_mlp_head_with_label_smoothing_trains(make_cfg):
-    summary = train(make_cfg("head=mlp", "head.binary=true", "head.hidden_sizes=[32]", "data.classes=[0,1]",
-                             "label_smoothing=0.1", "trainer.max_epochs=2"))
+    summary = train(
+        make_cfg(
+            "head=mlp",
+            "head.binary=true",
+            "head.hidden_sizes=[32]",
+            "data.classes=[0,1]",
+            "label_smoothing=0.1",
+            "trainer.max_epochs=2",
+        )
+    )
     assert summary["status"] == "completed" and summary["class_names"] == ["0", "1"]
     assert 0 <= summary["test"]["test/acc"] <= 1
 
@@ -49,16 +57,31 @@ def test_label_smoothing_reaches_the_loss(make_cfg):
 
 
 def test_bf16_mixed_precision_on_cpu(make_cfg):
-    summary = train(make_cfg("trainer.precision=bf16-mixed", "test=false", "trainer.accumulate_grad_batches=2",
-                             "trainer.gradient_clip_val=1.0"))
+    summary = train(
+        make_cfg(
+            "trainer.precision=bf16-mixed",
+            "test=false",
+            "trainer.accumulate_grad_batches=2",
+            "trainer.gradient_clip_val=1.0",
+        )
+    )
     assert summary["status"] == "completed" and summary["final"]["train/loss"] > 0
 
 
 def test_quickstart_at_reduced_size(tmp_path):
     """The README's quickstart script, one epoch per run: three target runs that share the source backbone."""
-    env = {**os.environ, "QUICKSTART_DIR": str(tmp_path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(["bash", REPO / "scripts/quickstart.sh", "trainer.max_epochs=1"], cwd=tmp_path,
-                            capture_output=True, text=True, env=env)
+    env = {
+        **os.environ,
+        "QUICKSTART_DIR": str(tmp_path),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    result = subprocess.run(
+        ["bash", REPO / "scripts/quickstart.sh", "trainer.max_epochs=1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout.strip().splitlines()[-3:]
     assert [row.split("|")[2].strip() for row in table] == [

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
 
+from conftest import TINY
 from transferlab.errors import ConfigError
 from transferlab.train import train
 
@@ -37,8 +37,14 @@ def test_run_folder_contract(trained_run):
     assert {"torch", "lightning", "timm", "transferlab"} <= set(summary["versions"])
     assert 0 <= summary["test"]["test/acc"] <= 1 and "test/f1" in summary["test"]
     assert summary["timings"]["fit_s"] > 0 and len(summary["timings"]["epoch_s"]) == 2
-    for name in ("metrics.csv", "curves.png", "confusion.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
-                 ".hydra/config.yaml" if (trained_run / ".hydra").exists() else "metrics.csv"):
+    for name in (
+        "metrics.csv",
+        "curves.png",
+        "confusion.png",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        ".hydra/config.yaml" if (trained_run / ".hydra").exists() else "metrics.csv",
+    ):
         assert (trained_run / name).is_file(), name
     rows = list(csv.DictReader((trained_run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["0", "1"]
@@ -52,8 +58,11 @@ def test_frozen_parameters_and_batchnorm_statistics_do_not_move(make_cfg, tmp_pa
     cfg = make_cfg(f"schedule.freeze_depth={freeze_depth}", "schedule.backbone_lr_mult=0.5", "test=false")
     before = _initial_backbone(cfg)
     train(cfg)
-    after = {k.removeprefix("backbone."): v for k, v in _state(tmp_path / "run/checkpoints/last.ckpt").items()
-             if k.startswith("backbone.")}
+    after = {
+        k.removeprefix("backbone."): v
+        for k, v in _state(tmp_path / "run/checkpoints/last.ckpt").items()
+        if k.startswith("backbone.")
+    }
     frozen_prefixes = ("conv1.", "bn1.", "layer1.") if freeze_depth == 2 else ("",)
     frozen = [k for k in before if k.startswith(frozen_prefixes)]
     assert any("running_mean" in k for k in frozen)  # BatchNorm statistics are among the frozen tensors
@@ -71,14 +80,22 @@ def test_resume_from_last_matches_an_uninterrupted_run(make_cfg, tmp_path):
     epochs = ["trainer.max_epochs=3", "test=false"]
     train(make_cfg(*epochs, run="straight"))
     # Stop after the first epoch as a preemption would, then resume in the same run folder.
-    train(make_cfg(*epochs, "+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0",
-                   run="resumed"))
+    train(
+        make_cfg(
+            *epochs,
+            "+callbacks.stop._target_=helpers.StopAfterEpoch",
+            "+callbacks.stop.epoch=0",
+            run="resumed",
+        )
+    )
     assert json.loads((tmp_path / "resumed/summary.json").read_text())["epochs"] == 1
     summary = train(make_cfg(*epochs, "ckpt_path=last", run="resumed"))
     assert summary["resumed_from"].endswith("resumed/checkpoints/last.ckpt")
     assert summary["epochs"] == 3  # the history came back from the checkpoint
-    straight, resumed = _state(tmp_path / "straight/checkpoints/last.ckpt"), _state(
-        tmp_path / "resumed/checkpoints/last.ckpt")
+    straight, resumed = (
+        _state(tmp_path / "straight/checkpoints/last.ckpt"),
+        _state(tmp_path / "resumed/checkpoints/last.ckpt"),
+    )
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
@@ -114,8 +131,17 @@ def test_weights_that_do_not_fit_say_how_many_keys_matched(make_cfg, tmp_path):
 def test_cli_errors_are_one_line_with_exit_2(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the hub download path, failing fast as it does offline
     result = subprocess.run(
-        [BIN / "transferlab-train", *TINY, "backbone.name=resnet18", "backbone.pretrained=true",
-         f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, env=env)
+        [
+            BIN / "transferlab-train",
+            *TINY,
+            "backbone.name=resnet18",
+            "backbone.pretrained=true",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: backbone.pretrained=true: could not download")
@@ -126,16 +152,28 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
 def test_multirun_grid_goes_on_past_a_failed_job(tmp_path):
     sweep = tmp_path / "sweep"
     result = subprocess.run(
-        [BIN / "transferlab-train", "-m", *TINY, "test=false", "optimizer.lr=1e-4,1e-3",
-         "schedule.freeze_depth=0,2,9", f"hydra.sweep.dir={sweep}"], capture_output=True, text=True)
+        [
+            BIN / "transferlab-train",
+            "-m",
+            *TINY,
+            "test=false",
+            "optimizer.lr=1e-4,1e-3",
+            "schedule.freeze_depth=0,2,9",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
     assert len(summaries) == 6
     failed = {k for k, s in summaries.items() if s["status"] == "failed"}
     assert len(failed) == 2 and all("freeze_depth=9" in summaries[k]["error"] for k in failed)
     completed = [s for s in summaries.values() if s["status"] == "completed"]
-    grid = sorted((float(o["optimizer.lr"]), int(o["schedule.freeze_depth"]))
-                  for o in (dict(x.split("=", 1) for x in s["overrides"]) for s in completed))
+    grid = sorted(
+        (float(o["optimizer.lr"]), int(o["schedule.freeze_depth"]))
+        for o in (dict(x.split("=", 1) for x in s["overrides"]) for s in completed)
+    )
     assert grid == [(1e-4, 0), (1e-4, 2), (1e-3, 0), (1e-3, 2)]
     assert all((sweep / k / "checkpoints/last.ckpt").is_file() for k in summaries if k not in failed)
 
@@ -144,9 +182,18 @@ def test_custom_backbone_with_a_checkpoint_from_the_wild_on_real_images(shared_d
     """The CIFAR-10 ResNet-20 checkpoint (DataParallel keys, nested state_dict, CUDA tensors) on hymenoptera."""
     weights = shared_data / "pretrained/cifar10_resnet20/resnet20-12fca82f.th"
     cfg = make_cfg(
-        "backbone=custom", "backbone.name=null", "backbone.model._target_=cifar_resnet.resnet20", f"backbone.weights={weights}",
-        "backbone.data_config.input_size=[3,32,32]", "data=folder", "data.classes=null", f"data.root={shared_data / 'hymenoptera'}",
-        "data.num_workers=0", "data.batch_size=64", "trainer.max_epochs=2", "schedule.freeze_depth=2",
+        "backbone=custom",
+        "backbone.name=null",
+        "backbone.model._target_=cifar_resnet.resnet20",
+        f"backbone.weights={weights}",
+        "backbone.data_config.input_size=[3,32,32]",
+        "data=folder",
+        "data.classes=null",
+        f"data.root={shared_data / 'hymenoptera'}",
+        "data.num_workers=0",
+        "data.batch_size=64",
+        "trainer.max_epochs=2",
+        "schedule.freeze_depth=2",
         "optimizer.lr=3e-3",
     )
     summary = train(cfg)
@@ -155,7 +202,23 @@ def test_custom_backbone_with_a_checkpoint_from_the_wild_on_real_images(shared_d
     assert summary["class_names"] == ["ants", "bees"] and summary["split_sizes"]["train"] == 245
     assert summary["layer_groups"] == ["conv1", "bn1", "layer1", "layer2", "layer3"]
     assert summary["best"]["val/acc"] > 0.5
-    from transferlab.module import load_module
 
-    module = load_module(summary["checkpoints"]["best"])
-    assert module.class_names == ["ants", "bees"]
+    from conftest import compose_config
+    from transferlab.eval import evaluate
+    from transferlab.predict import predict
+
+    ckpt = summary["checkpoints"]["best"]
+    scored = evaluate(
+        compose_config(f"ckpt_path={ckpt}", "split=val", f"paths.output_dir={tmp_path}/eval", config_name="eval")
+    )
+    assert scored["n"] == 153 and scored["metrics"]["val/acc"] == pytest.approx(summary["best"]["val/acc"], abs=1e-6)
+    csv_path = predict(
+        compose_config(
+            f"ckpt_path={ckpt}",
+            f"input_dir={shared_data / 'hymenoptera/val/bees'}",
+            f"paths.output_dir={tmp_path}/predict",
+            config_name="predict",
+        )
+    )
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 83 and {r["class"] for r in rows} <= {"ants", "bees"}

@@ -161,17 +161,13 @@ def test_report_line_is_one_line_with_counts():
 
 
 def test_missing_file():
-    with pytest.raises(
-        ConfigError, match=r"backbone.weights=nope.pth: file not found.*backbone.weights=null"
-    ):
+    with pytest.raises(ConfigError, match=r"backbone.weights=nope.pth: file not found.*backbone.weights=null"):
         read_state_dict("nope.pth")
 
 
 def test_wrong_key_lists_top_level_keys(tmp_path):
     torch.save({"state_dict": trained(num_classes=0), "epoch": 1}, tmp_path / "w.pth")
-    with pytest.raises(
-        ConfigError, match=r"backbone.weights_key='model.ema'.*top-level keys: state_dict, epoch"
-    ):
+    with pytest.raises(ConfigError, match=r"backbone.weights_key='model.ema'.*top-level keys: state_dict, epoch"):
         load_weights(make(num_classes=0), tmp_path / "w.pth", key="model.ema")
 
 
@@ -207,9 +203,7 @@ def test_strict_with_missing_key(tmp_path):
 
 def test_pickled_module_is_refused(tmp_path):
     torch.save(make(num_classes=0), tmp_path / "model.pt")
-    with pytest.raises(
-        ConfigError, match=r"weights_only=True.*timm\.models\.resnet\.ResNet.*state_dict"
-    ) as err:
+    with pytest.raises(ConfigError, match=r"weights_only=True.*timm\.models\.resnet\.ResNet.*state_dict") as err:
         read_state_dict(tmp_path / "model.pt")
     assert "\n" not in str(err.value)
 

@@ -79,8 +79,9 @@ def create_backbone(
         from transferlab.weights import load_weights
 
         classifier = [name for name in CLASSIFIER_NAMES if not _has_submodule(model, name)]
-        result = load_weights(model, weights, key=weights_key, prefix=weights_prefix, strict=strict,
-                              classifier=classifier)
+        result = load_weights(
+            model, weights, key=weights_key, prefix=weights_prefix, strict=strict, classifier=classifier
+        )
         report = result.line()
         log.info(report)
     return Backbone(model, int(num_features), resolved, layer_groups_of(model, layer_groups), report)
@@ -141,4 +142,3 @@ def _has_submodule(model: nn.Module, name: str) -> bool:
     except AttributeError:
         return False
     return any(True for _ in sub.parameters())
-

@@ -8,7 +8,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import ConfigError
 
-PRECISIONS = {"32", "32-true", "64", "64-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "transformer-engine"}
+PRECISIONS = {
+    "32",
+    "32-true",
+    "64",
+    "64-true",
+    "bf16-mixed",
+    "16-mixed",
+    "bf16-true",
+    "16-true",
+    "transformer-engine",
+}
 
 
 def validate(cfg: DictConfig) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ class TransferModule(pl.LightningModule):
         head: nn.Module,
         class_names: list[str],
         schedule: Schedule | None = None,
-        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.AdamW, lr=1e-3),
+        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
         lr_scheduler: LrSchedulerFactory | None = None,
         label_smoothing: float = 0.0,
         metadata: dict[str, Any] | None = None,
@@ -49,7 +48,11 @@ class TransferModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.label_smoothing = label_smoothing
-        self.metadata = {"data_config": backbone.data_config, **(metadata or {}), "class_names": self.class_names}
+        self.metadata = {
+            "data_config": backbone.data_config,
+            **(metadata or {}),
+            "class_names": self.class_names,
+        }
         self.frozen_batchnorms = self.schedule.apply(self.backbone, self.layer_groups)
 
         num_classes = len(self.class_names)

@@ -12,9 +12,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transferlab.layer_groups import LayerGroup
 
 
-def param_groups(
-    backbone: nn.Module, groups: list[LayerGroup], head: nn.Module, backbone_lr_mult: float
-) -> list[dict]:
+def param_groups(backbone: nn.Module, groups: list[LayerGroup], head: nn.Module, backbone_lr_mult: float) -> list[dict]:
     """One optimizer group per layer group (named, for lr logging) and one for the head.
 
     ``lr_scale`` multiplies the optimizer's lr once the optimizer exists; torch and Lightning schedulers then
@@ -24,10 +22,7 @@ def param_groups(
     schedulers built now see every group later (PyTorch 62475).
     """
     params = dict(backbone.named_parameters())
-    out = [
-        {"params": [params[n] for n in g.param_names], "lr_scale": backbone_lr_mult, "name": g.name}
-        for g in groups
-    ]
+    out = [{"params": [params[n] for n in g.param_names], "lr_scale": backbone_lr_mult, "name": g.name} for g in groups]
     out.append({"params": list(head.parameters()), "lr_scale": 1.0, "name": "head"})
     return out
 

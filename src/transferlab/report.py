@@ -15,15 +15,17 @@ def collect(multirun_dir: str | Path) -> list[dict[str, Any]]:
     for path in sorted(Path(multirun_dir).glob(f"*/{SUMMARY}"), key=lambda p: _job_order(p.parent.name)):
         summary = read_summary(path.parent)
         monitor = summary.get("monitor", "val/acc")
-        rows.append({
-            "job": path.parent.name,
-            "overrides": " ".join(summary.get("overrides", [])),
-            "status": summary.get("status"),
-            f"best {monitor}": (summary.get("best") or {}).get(monitor),
-            "test/acc": (summary.get("test") or {}).get("test/acc"),
-            "epochs": summary.get("epochs"),
-            "time_s": (summary.get("timings") or {}).get("total_s"),
-        })
+        rows.append(
+            {
+                "job": path.parent.name,
+                "overrides": " ".join(summary.get("overrides", [])),
+                "status": summary.get("status"),
+                f"best {monitor}": (summary.get("best") or {}).get(monitor),
+                "test/acc": (summary.get("test") or {}).get("test/acc"),
+                "epochs": summary.get("epochs"),
+                "time_s": (summary.get("timings") or {}).get("total_s"),
+            }
+        )
     return rows
 
 

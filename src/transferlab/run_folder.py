@@ -93,6 +93,7 @@ def plot_confusion(path: str | Path, matrix, class_names: list[str]) -> Path:
         for j in range(n):
             ax.text(j, i, int(matrix[i][j]), ha="center", va="center", fontsize=8)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)

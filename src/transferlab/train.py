@@ -21,8 +21,13 @@ log = logging.getLogger("transferlab")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and test) one run into ``cfg.paths.output_dir``; return its summary. summary.json says how it ended."""
     run_dir = Path(cfg.paths.output_dir)
-    summary: dict[str, Any] = {"status": "running", "task": "train", "run_dir": str(run_dir),
-                               "overrides": _overrides(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    summary: dict[str, Any] = {
+        "status": "running",
+        "task": "train",
+        "run_dir": str(run_dir),
+        "overrides": _overrides(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     write_summary(run_dir, summary)
     start = time.perf_counter()
     try:
@@ -97,7 +102,10 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None:
         last = run_dir / CHECKPOINTS / "last.ckpt"
-        out["checkpoints"] = {"best": checkpoint.best_model_path or None, "last": str(last) if last.is_file() else None}
+        out["checkpoints"] = {
+            "best": checkpoint.best_model_path or None,
+            "last": str(last) if last.is_file() else None,
+        }
 
     if rows and trainer.is_global_zero:
         plot_curves(run_dir, rows)
@@ -154,8 +162,13 @@ def _versions() -> dict[str, str]:
 
     import transferlab
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "lightning": pytorch_lightning.__version__,
-            "timm": timm.__version__, "transferlab": transferlab.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": pytorch_lightning.__version__,
+        "timm": timm.__version__,
+        "transferlab": transferlab.__version__,
+    }
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")

@@ -256,11 +256,7 @@ def load_weights(
         else:
             filtered[name] = state[raw_key]
 
-    missing = [
-        k
-        for k in model_state
-        if k not in filtered and k not in mismatched and k.rsplit(".", 1)[-1] != _COUNTER
-    ]
+    missing = [k for k in model_state if k not in filtered and k not in mismatched and k.rsplit(".", 1)[-1] != _COUNTER]
     report = LoadReport(shown, len(filtered), missing, unexpected, dropped, mismatched)
 
     if not filtered:

@@ -57,15 +57,11 @@ class ClassificationDataModule(pl.LightningDataModule):
                 "images; make their sum < 1"
             )
         if samples_per_class is not None and train_fraction is not None:
-            raise ConfigError(
-                "data.samples_per_class and data.train_fraction are both set; set only one of them"
-            )
+            raise ConfigError("data.samples_per_class and data.train_fraction are both set; set only one of them")
         if samples_per_class is not None and int(samples_per_class) < 1:
             raise ConfigError(f"data.samples_per_class={samples_per_class} must be >= 1, e.g. 5")
         if train_fraction is not None:
-            _check_range(
-                "train_fraction", train_fraction, 0.0, 1.0, low_open=True, high_open=False, example=0.1
-            )
+            _check_range("train_fraction", train_fraction, 0.0, 1.0, low_open=True, high_open=False, example=0.1)
         if int(split_seed) < 0:
             raise ConfigError(f"data.split_seed={split_seed} must be >= 0")
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -93,9 +89,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             self._raw = {"all": digits}
         else:
             if root is None:
-                raise ConfigError(
-                    "data.root is required with data.source=folder; set data.root=PATH/TO/IMAGES"
-                )
+                raise ConfigError("data.root is required with data.source=folder; set data.root=PATH/TO/IMAGES")
             if classes is not None:
                 raise ConfigError(
                     "data.classes selects digits and only applies to data.source=digits; remove data.classes"

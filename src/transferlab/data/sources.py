@@ -149,9 +149,7 @@ def find_unreadable(paths: Sequence[Path]) -> dict[Path, str]:
         try:
             with Image.open(path) as image:
                 image.verify()
-        except (
-            Exception
-        ) as error:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
+        except Exception as error:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
             bad[path] = f"{type(error).__name__}: {error}"
     return bad
 

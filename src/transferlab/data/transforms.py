@@ -41,9 +41,7 @@ def resolve_data_config(
         # Hydra hands over ListConfig and timm hands over tuples: normalise to tuples of floats.
         config[name] = tuple(float(v) for v in config[name])
         if len(config[name]) != 3:
-            raise ConfigError(
-                f"data.{name}={list(config[name])} must have 3 values (R,G,B), e.g. [0.5,0.5,0.5]"
-            )
+            raise ConfigError(f"data.{name}={list(config[name])} must have 3 values (R,G,B), e.g. [0.5,0.5,0.5]")
     if any(s <= 0 for s in config["std"]):
         raise ConfigError(f"data.std={list(config['std'])} must be positive")
     config["input_size"] = tuple(int(v) for v in config["input_size"])
@@ -59,9 +57,7 @@ def build_transform(data_config: Mapping[str, Any], augment: str, train: bool) -
     plus horizontal flip; ``strong`` is ``light`` plus timm's RandAugment.
     """
     if augment not in AUGMENT_PRESETS:
-        raise ConfigError(
-            f"data.augment={augment}: unknown preset; choose one of {', '.join(AUGMENT_PRESETS)}"
-        )
+        raise ConfigError(f"data.augment={augment}: unknown preset; choose one of {', '.join(AUGMENT_PRESETS)}")
     from timm.data import create_transform  # timm is heavy: import it only when a transform is built
 
     common = {
