@@ -12,3 +12,43 @@ class StopAfterEpoch(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch == self.epoch:
             trainer.should_stop = True
+
+
+class RecordLr(pl.Callback):
+    """Writes [global step, epoch, lr of every optimizer group] at each optimizer step to a JSON file."""
+
+    def __init__(self, path: str):
+        self.path, self.rows = path, []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.rows.append([trainer.global_step, trainer.current_epoch, [g["lr"] for g in optimizer.param_groups]])
+
+    def on_train_end(self, trainer, pl_module):
+        import json
+
+        with open(self.path, "w") as f:
+            json.dump(self.rows, f)
+
+
+class SaveEpochWeights(pl.Callback):
+    """Saves every rank's weights at each epoch end to <dirpath>/rank<r>_epoch<e>.pt (to compare ranks)."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        import os
+
+        import torch
+
+        os.makedirs(self.dirpath, exist_ok=True)
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        torch.save(state, f"{self.dirpath}/rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt")
+
+
+class CheckGradsAtPhaseStart(pl.Callback):
+    """Fails the run if any gradient is pending when an epoch (and so possibly a phase) starts."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        pending = [n for n, p in pl_module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+        assert not pending, f"gradients carried into epoch {trainer.current_epoch}: {pending[:3]}"

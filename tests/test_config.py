@@ -99,8 +99,8 @@ def test_missing_required_value_is_named():
 def test_unknown_group_option_is_one_line():
     with pytest.raises(ConfigError, match=r"^backbone=timmm: unknown option; choose one of custom, timm$"):
         check_group_choices(["backbone=timmm"], CONF)
-    with pytest.raises(ConfigError, match=r"^schedule=gradual: unknown option"):
-        check_group_choices(["-m", "schedule=full,gradual"], CONF)
+    with pytest.raises(ConfigError, match=r"^schedule=cyclic: unknown option"):
+        check_group_choices(["-m", "schedule=full,cyclic"], CONF)
     check_group_choices(["schedule=full,frozen", "logger=[csv,wandb]", "optimizer.lr=1"], CONF)
 
 

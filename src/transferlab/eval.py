@@ -15,17 +15,24 @@ from transferlab.errors import ConfigError
 from transferlab.run_folder import write_summary
 
 log = logging.getLogger("transferlab")
-SPLITS = ("val", "test")
+SPLITS = ("train", "val", "test")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score ``cfg.ckpt_path`` on ``cfg.split``; return the summary written to the run folder."""
+    """Score ``cfg.ckpt_path`` on ``cfg.split`` into ``cfg.paths.output_dir``; return the summary written there.
+
+    summary.json says how it ended (``status``); its ``metrics`` are named ``<split>/acc``, ``<split>/f1`` (macro),
+    ``<split>/loss`` and, with more than five classes, ``<split>/top5``.
+    """
     run_dir = Path(cfg.paths.output_dir)
     summary: dict[str, Any] = {
         "status": "running",
         "task": "eval",
-        "ckpt_path": cfg.ckpt_path,
+        "run_dir": str(run_dir),
+        "ckpt_path": None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path,
         "split": cfg.split,
+        "overrides": _overrides(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     start = time.perf_counter()
     try:
@@ -45,35 +52,93 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def check_ckpt_path(cfg: DictConfig, command: str) -> str:
+    """The checkpoint file ``cfg.ckpt_path`` names, or a one-line ConfigError naming ``ckpt_path``."""
+    example = "ckpt_path=outputs/train/<run>/checkpoints/best.ckpt"
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise ConfigError(f"ckpt_path is required: {command} {example}")
+    path = Path(str(cfg.ckpt_path)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: file not found; give a checkpoint file, e.g. {example}")
+    return str(path)
+
+
 def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split}: choose one of {', '.join(SPLITS)}")
+    ckpt_path = check_ckpt_path(cfg, "transferlab-eval")
     import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
 
     from transferlab.module import load_module
     from transferlab.run_folder import plot_confusion
 
-    module = load_module(cfg.ckpt_path)
-    changes = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if v is not None}
-    data = {**module.metadata["data"], **changes, "output_dir": str(run_dir)}
-    # The saved data config already holds the input size, mean and std the model was trained with.
-    data.update(input_size=None, mean=None, std=None)
-    datamodule = instantiate(data, data_config=module.metadata["data_config"])
-    loader = datamodule.val_dataloader() if cfg.split == "val" else datamodule.test_dataloader()
+    module = load_module(ckpt_path)
+    meta = module.metadata
+    overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    data = {
+        **meta["data"],
+        **changes,
+        # The saved data config already holds the input size, mean and std the model was trained with.
+        "input_size": None,
+        "mean": None,
+        "std": None,
+        "augment": "none",  # so that split=train is scored with the eval transform too
+        "output_dir": str(run_dir),  # where the data module lists skipped bad files
+    }
+    datamodule = instantiate(data, data_config=meta["data_config"])
+    if datamodule.class_names != module.class_names:
+        raise ConfigError(
+            f"data: the classes {datamodule.class_names} differ from the checkpoint's {module.class_names}; "
+            "point data.root at images of the classes the model was trained on"
+        )
+    datasets = datamodule.datasets
+    if cfg.split not in datasets:
+        raise ConfigError(
+            f"split={cfg.split}: the checkpoint's data has no {cfg.split} split (it has {', '.join(datasets)}); "
+            f"choose one of those"
+        )
+    loader = DataLoader(
+        datasets[cfg.split],
+        batch_size=datamodule.eval_batch_size,
+        num_workers=datamodule.num_workers,
+        pin_memory=datamodule.pin_memory,
+    )
 
-    trainer = pl.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = pl.Trainer(
+        **trainer_kwargs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+    )
+    # test_step is the same for any split: it updates the metrics and the confusion matrix.
     results = trainer.test(module, dataloaders=loader, verbose=False)[0]
-    plot_confusion(run_dir / "confusion.png", module.confusion.compute().cpu(), module.class_names)
+    if trainer.is_global_zero:
+        plot_confusion(run_dir / "confusion.png", module.confusion.compute().cpu(), module.class_names)
     return {
         "n": len(loader.dataset),
         "metrics": {k.replace("test/", f"{cfg.split}/", 1): round(float(v), 6) for k, v in results.items()},
         "class_names": module.class_names,
+        "data_changes": changes,
     }
 
 
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="eval")
-def _hydra_main(cfg: DictConfig) -> None:
-    run_task(evaluate, cfg)
+def _hydra_main(cfg: DictConfig) -> float | None:
+    summary = run_task(evaluate, cfg)
+    if isinstance(summary, dict):
+        return summary["metrics"][f"{cfg.split}/acc"]  # what a sweep over checkpoints would compare
+    return summary
 
 
 main = cli_main(_hydra_main)

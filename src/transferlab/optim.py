@@ -12,18 +12,20 @@ from torch.optim.lr_scheduler import LambdaLR
 from transferlab.layer_groups import LayerGroup
 
 
-def param_groups(backbone: nn.Module, groups: list[LayerGroup], head: nn.Module, backbone_lr_mult: float) -> list[dict]:
-    """One optimizer group per layer group (named, for lr logging) and one for the head.
+def param_groups(backbone: nn.Module, groups: list[LayerGroup], head: nn.Module, scales: list[float]) -> list[dict]:
+    """One optimizer group per layer group (named, for lr logging) and one for the head, with ``lr_scale`` from
+    the current phase (backbone groups input to output, then the head).
 
-    ``lr_scale`` multiplies the optimizer's lr once the optimizer exists; torch and Lightning schedulers then
-    scale each group's own lr, so the ratios hold at every step.
-
-    Every group is registered up front, frozen ones too (their parameters get no gradient and do not move), so
-    schedulers built now see every group later (PyTorch 62475).
+    ``lr_scale`` multiplies the optimizer's lr once the optimizer exists. Every group is registered up front,
+    frozen ones too (their parameters get no gradient and do not move), so schedulers built now see every group
+    later (PyTorch 62475).
     """
     params = dict(backbone.named_parameters())
-    out = [{"params": [params[n] for n in g.param_names], "lr_scale": backbone_lr_mult, "name": g.name} for g in groups]
-    out.append({"params": list(head.parameters()), "lr_scale": 1.0, "name": "head"})
+    out = [
+        {"params": [params[n] for n in g.param_names], "lr_scale": scale, "name": g.name}
+        for g, scale in zip(groups, scales)
+    ]
+    out.append({"params": list(head.parameters()), "lr_scale": scales[-1], "name": "head"})
     return out
 
 
@@ -39,6 +41,14 @@ def warmup_cosine(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, scale)
+
+
+def multistep(
+    optimizer: torch.optim.Optimizer, total_steps: int, milestones: tuple[float, ...] = (0.5, 0.75), gamma: float = 0.1
+) -> LambdaLR:
+    """Multiply each group's lr by ``gamma`` at each milestone, given as a fraction of all optimizer steps."""
+    steps = [int(m * total_steps) for m in milestones]
+    return LambdaLR(optimizer, lambda step: gamma ** sum(step >= s for s in steps))
 
 
 LrSchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]

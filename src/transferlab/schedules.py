@@ -1,27 +1,58 @@
-"""Which layer groups train, and how fast, relative to the head."""
+"""Schedules: a list of phases, each saying which layer groups train, how fast, and what BatchNorm does.
+
+``full``, ``frozen``, ``freeze_depth``, ``gradual`` (ULMFiT), ``lp_ft`` (Kumar et al. 2022) and ``layer_decay``
+(MAE/BEiT fine-tuning) are presets of the one mechanism; ``Schedule(phases=[...])`` spells phases out.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
 from transferlab.errors import ConfigError
 from transferlab.layer_groups import LayerGroup
 
+BN_MODES = ("train", "frozen_stats", "frozen", "affine_only")
+PRESETS = ("full", "frozen", "freeze_depth", "gradual", "lp_ft", "layer_decay", "phases")
+
 
 @dataclass(frozen=True)
-class Schedule:
-    """``freeze_depth`` layer groups (input side first) are frozen; ``"all"`` freezes the whole backbone.
+class Phase:
+    """One stretch of training.
 
-    ``backbone_lr_mult`` scales the learning rate of the trainable backbone groups against ``optimizer.lr``,
-    which the head uses. Presets: ``full`` (0), ``frozen`` (all: a linear probe), ``freeze_depth`` (N).
+    ``freeze_depth``: layer groups frozen from the input side (``"all"``: the whole backbone). Learning rates are
+    ``optimizer.lr`` x ``head_lr_mult`` for the head and x ``backbone_lr_mult`` x ``layer_decay ** k`` for the
+    backbone group k groups below the head (floored at ``min_lr_scale``); groups scaled below ``freeze_below``
+    are frozen too. ``bn_mode`` says what BatchNorm in trainable groups does (frozen groups keep statistics fixed):
+    ``train``; ``frozen_stats`` (eval mode, affine trains); ``frozen`` (eval mode, affine frozen too);
+    ``affine_only`` (eval mode, and BatchNorm affine parameters train in every group, frozen ones included).
+    ``epochs=None`` lasts to the end of training.
     """
 
+    epochs: int | None = None
     freeze_depth: int | str = 0
     backbone_lr_mult: float = 1.0
+    head_lr_mult: float = 1.0
+    layer_decay: float | None = None
+    min_lr_scale: float = 0.0
+    freeze_below: float | None = None
+    bn_mode: str = "train"
 
-    def frozen_count(self, groups: list[LayerGroup]) -> int:
+    def __post_init__(self) -> None:
+        if self.bn_mode not in BN_MODES:
+            raise ConfigError(f"schedule.bn_mode={self.bn_mode}: choose one of {', '.join(BN_MODES)}")
+        for option in ("backbone_lr_mult", "head_lr_mult"):
+            if getattr(self, option) <= 0:
+                raise ConfigError(f"schedule.{option}={getattr(self, option)}: must be > 0; freeze with freeze_depth")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"schedule.layer_decay={self.layer_decay}: use a number in (0, 1], e.g. 0.65")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"schedule.phases: a phase lasts at least 1 epoch, not {self.epochs}")
+
+    def frozen_count(self, groups: Sequence[LayerGroup]) -> int:
         depth = self.freeze_depth
         if depth == "all":
             return len(groups)
@@ -33,24 +64,153 @@ class Schedule:
             )
         return depth
 
-    def apply(self, model: nn.Module, groups: list[LayerGroup]) -> list[nn.Module]:
-        """Set ``requires_grad`` per group; return the BatchNorm modules whose statistics must stay fixed."""
-        if self.backbone_lr_mult <= 0:
-            raise ConfigError(
-                f"schedule.backbone_lr_mult={self.backbone_lr_mult}: must be > 0; freeze groups with freeze_depth"
-            )
-        frozen = {n for g in groups[: self.frozen_count(groups)] for n in g.param_names}
-        for name, param in model.named_parameters():
-            param.requires_grad_(name not in frozen)
-        return frozen_batchnorms(model, frozen, whole=self.frozen_count(groups) == len(groups))
+    def lr_scales(self, n_groups: int) -> list[float]:
+        """One lr scale per backbone group (input to output), then the head's. Frozen groups keep theirs."""
+        decay = self.layer_decay or 1.0
+        scales = [max(self.backbone_lr_mult * decay ** (n_groups - i), self.min_lr_scale) for i in range(n_groups)]
+        return [*scales, self.head_lr_mult]
+
+    def frozen_groups(self, groups: Sequence[LayerGroup]) -> list[bool]:
+        depth = self.frozen_count(groups)
+        scales = self.lr_scales(len(groups))
+        below = self.freeze_below
+        return [i < depth or (below is not None and scales[i] < below) for i in range(len(groups))]
 
 
-def frozen_batchnorms(model: nn.Module, frozen: set[str], whole: bool) -> list[nn.Module]:
-    """BatchNorm layers inside frozen groups; those without affine parameters count when all is frozen."""
-    found = []
+@dataclass(frozen=True)
+class Schedule:
+    """Phases run one after another; the last one lasts to the end of training."""
+
+    phases: tuple[Phase, ...] = field(default_factory=lambda: (Phase(),))
+
+    def __post_init__(self) -> None:
+        phases = tuple(p if isinstance(p, Phase) else Phase(**p) for p in self.phases)
+        if not phases:
+            raise ConfigError("schedule.phases: give at least one phase")
+        object.__setattr__(self, "phases", phases)
+
+    def phase_index(self, epoch: int) -> int:
+        start = 0
+        for index, phase in enumerate(self.phases):
+            if phase.epochs is None or epoch < start + phase.epochs:
+                return index
+            start += phase.epochs
+        return len(self.phases) - 1
+
+    def start_epoch(self, index: int) -> int:
+        return sum(p.epochs or 0 for p in self.phases[:index])
+
+    def check(self, groups: Sequence[LayerGroup]) -> None:
+        """Fail before training on a phase that does not fit this backbone."""
+        for phase in self.phases:
+            phase.frozen_groups(groups)
+
+
+def preset(
+    name: str = "full",
+    freeze_depth: int | str = 0,
+    backbone_lr_mult: float = 1.0,
+    head_lr_mult: float = 1.0,
+    layer_decay: float | None = None,
+    min_lr_scale: float = 0.0,
+    freeze_below: float | None = None,
+    bn_mode: str = "train",
+    unfreeze_every: int = 1,
+    milestones: Sequence[Sequence[int]] | None = None,
+    probe_epochs: int = 1,
+    ft_lr_mult: float = 0.1,
+    phases: Sequence[dict[str, Any]] | None = None,
+    num_groups: int | None = None,
+) -> Schedule:
+    """Build a preset schedule. Every preset takes ``freeze_depth`` and ``layer_decay`` so sweeps can vary them.
+
+    - ``full`` / ``freeze_depth`` / ``layer_decay``: one phase with those settings; ``frozen``: freeze_depth=all.
+    - ``gradual``: head only, then one more group (output towards input) every ``unfreeze_every`` epochs down to
+      ``freeze_depth``; or ``milestones: [[epoch, freeze_depth], ...]``. Needs ``num_groups`` unless milestones.
+    - ``lp_ft``: a linear probe for ``probe_epochs``, then fine-tuning down to ``freeze_depth`` with every lr
+      times ``ft_lr_mult``.
+    - ``phases``: ``phases`` spelled out, each a dict of :class:`Phase` fields over the common values.
+    """
+    common: dict[str, Any] = dict(
+        freeze_depth=freeze_depth,
+        backbone_lr_mult=backbone_lr_mult,
+        head_lr_mult=head_lr_mult,
+        layer_decay=layer_decay,
+        min_lr_scale=min_lr_scale,
+        freeze_below=freeze_below,
+        bn_mode=bn_mode,
+    )
+    if name in ("full", "freeze_depth", "layer_decay"):
+        if name == "layer_decay" and layer_decay is None:
+            raise ConfigError("schedule.layer_decay is required with schedule=layer_decay; e.g. 0.65")
+        return Schedule((Phase(**common),))
+    if name == "frozen":
+        return Schedule((Phase(**{**common, "freeze_depth": "all"}),))
+    if name == "lp_ft":
+        probe = Phase(**{**common, "epochs": probe_epochs, "freeze_depth": "all"})
+        scaled = {
+            **common,
+            "backbone_lr_mult": backbone_lr_mult * ft_lr_mult,
+            "head_lr_mult": head_lr_mult * ft_lr_mult,
+        }
+        return Schedule((probe, Phase(**scaled)))
+    if name == "phases":
+        return Schedule(tuple(Phase(**{**common, **p}) for p in phases or ()))
+    if name == "gradual":
+        return Schedule(tuple(_gradual_phases(common, unfreeze_every, milestones, num_groups)))
+    raise ConfigError(f"schedule.name={name}: choose one of {', '.join(PRESETS)}")
+
+
+def _gradual_phases(
+    common: dict[str, Any], every: int, milestones: Sequence[Sequence[int]] | None, num_groups: int | None
+) -> list[Phase]:
+    if milestones:
+        points = sorted((int(epoch), depth) for epoch, depth in milestones)
+        if points[0][0] != 0:
+            points.insert(0, (0, "all"))
+        lengths = [b[0] - a[0] for a, b in zip(points, points[1:])] + [None]
+        if any(n is not None and n < 1 for n in lengths):
+            raise ConfigError("schedule.milestones: epochs must be distinct; e.g. [[0, all], [2, 3], [4, 0]]")
+        return [Phase(**{**common, "epochs": n, "freeze_depth": d}) for (_, d), n in zip(points, lengths)]
+    if num_groups is None:
+        raise ConfigError("schedule=gradual needs the backbone's number of layer groups (set by transferlab-train)")
+    if every < 1:
+        raise ConfigError(f"schedule.unfreeze_every={every}: must be >= 1 epoch")
+    floor = 0 if common["freeze_depth"] == "all" else common["freeze_depth"]
+    depths = list(range(num_groups, floor - 1, -1)) if floor <= num_groups else [num_groups]
+    return [
+        Phase(**{**common, "epochs": every if i < len(depths) - 1 else None, "freeze_depth": d})
+        for i, d in enumerate(depths)
+    ]
+
+
+def apply_phase(model: nn.Module, groups: Sequence[LayerGroup], phase: Phase, mask_only: bool = False) -> PhaseState:
+    """Set ``requires_grad`` for ``phase`` and return what stays fixed: frozen parameter names, BatchNorm in eval.
+
+    With ``mask_only`` (DDP, torch.compile) every parameter keeps ``requires_grad=True`` so that wrappers built
+    earlier see each one; the caller drops frozen gradients after backward instead.
+    """
+    frozen_flags = phase.frozen_groups(groups)
+    frozen = {n for g, f in zip(groups, frozen_flags) if f for n in g.param_names}
+    eval_bn, bn_frozen_affine, bn_trainable_affine = [], set(), set()
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            params = [f"{name}.{p}" if name else p for p, _ in module.named_parameters()]
-            if (params and all(p in frozen for p in params)) or (not params and whole):
-                found.append(module)
-    return found
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            continue
+        params = [f"{name}.{p}" if name else p for p, _ in module.named_parameters()]
+        in_frozen_group = all(p in frozen for p in params) if params else all(frozen_flags)
+        if in_frozen_group or phase.bn_mode != "train":
+            eval_bn.append(module)
+        if phase.bn_mode == "frozen":
+            bn_frozen_affine.update(params)
+        elif phase.bn_mode == "affine_only":
+            bn_trainable_affine.update(params)
+    frozen = (frozen | bn_frozen_affine) - bn_trainable_affine
+    for name, param in model.named_parameters():
+        param.requires_grad_(mask_only or name not in frozen)
+    return PhaseState(frozen_params=frozen, eval_batchnorms=eval_bn)
+
+
+@dataclass
+class PhaseState:
+    frozen_params: set[str]
+    eval_batchnorms: list[nn.Module]

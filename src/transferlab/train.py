@@ -59,7 +59,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         backbone,
         head,
         class_names=datamodule.class_names,
-        schedule=instantiate(cfg.schedule),
+        schedule=instantiate(cfg.schedule, num_groups=len(backbone.layer_groups)),
         optimizer=instantiate(cfg.optimizer),
         lr_scheduler=lr_scheduler,
         label_smoothing=cfg.label_smoothing,
@@ -74,7 +74,12 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     tty = sys.stderr.isatty()
     callbacks = [c for c in callbacks if _wanted(c, loggers, tty)] + [history]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_progress_bar=tty)
+    trainer_cfg = {k: v for k, v in cfg.trainer.items() if k != "compile"}
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, enable_progress_bar=tty)
+    if cfg.trainer.get("compile"):
+        # In place, forward only (metrics and logging stay eager; checkpoint keys unchanged). Phases then drop
+        # frozen gradients instead of flipping requires_grad: a graph compiled before a flip keeps it (PyTorch 139476).
+        module.compile()
 
     ckpt_path = _resume_path(cfg.get("ckpt_path"), run_dir)
     fit_start = time.perf_counter()
@@ -91,6 +96,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "split_sizes": datamodule.split_sizes(),
         "weights_report": backbone.weights_report,
         "layer_groups": [g.name for g in module.layer_groups],
+        "phases": module.phase_history,
         "resumed_from": ckpt_path,
         "epochs": len(rows),
         "final": rows[-1] if rows else {},
