@@ -1,0 +1,147 @@
+"""Transfer strategies compared on real data: target accuracy, mean and std over seeds.
+
+Settings:
+  hymenoptera  ants vs bees (245 train / 153 val images) at 32 px with the real CIFAR-10 ResNet-20 checkpoint;
+               no test split, so the figure is the last epoch's val accuracy (no checkpoint selection on it).
+  digits-5     digits 5-9 with 5 labels per class, from resnet10t pretrained here on digits 0-4; test accuracy of
+  digits-20    the best-val checkpoint on a held-out test split (181 images). 20 labels per class.
+
+Every strategy is the same `transferlab-train` config with one schedule override, run in-process (one Python,
+so imports are paid once). Usage:
+  python benchmarks/schedules.py [--seeds 3] [--shared ../shared/data] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from transferlab.cli import conf_dir
+from transferlab.train import train
+
+# The CIFAR ResNet-20 architecture is the custom backbone defined in the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+STRATEGIES = {
+    "scratch": ["schedule=full", "backbone.weights=null"],
+    "frozen": ["schedule=frozen"],
+    "freeze_depth=2": ["schedule=freeze_depth", "schedule.freeze_depth=2"],
+    "freeze_depth=4": ["schedule=freeze_depth", "schedule.freeze_depth=4"],
+    "gradual": ["schedule=gradual"],
+    "lp_ft": ["schedule=lp_ft"],
+    "layer_decay": ["schedule=layer_decay"],
+    "full": ["schedule=full"],
+}
+COMMON = ["trainer.accelerator=cpu", "trainer.devices=1", "logger=none", "data.num_workers=0"]
+
+
+def settings(shared: Path, source_ckpt: Path) -> dict[str, list[str]]:
+    resnet20 = shared / "pretrained/cifar10_resnet20/resnet20-12fca82f.th"
+    digits = ["backbone.name=resnet10t", "data.classes=[5,6,7,8,9]", f"backbone.weights={source_ckpt}",
+              "trainer.max_epochs=15", "optimizer.lr=2e-3"]
+    return {
+        "hymenoptera": [
+            "backbone=custom", "backbone.name=null", "backbone.model._target_=cifar_resnet.resnet20",
+            f"backbone.weights={resnet20}", "backbone.data_config.input_size=[3,32,32]", "data=folder",
+            "data.classes=null", f"data.root={shared / 'hymenoptera'}", "data.input_size=32", "data.augment=light",
+            "trainer.max_epochs=12", "optimizer.lr=3e-3", "monitor=val/acc", "test=false",
+        ],
+        "digits-5": [*digits, "data.samples_per_class=5", "data.batch_size=25"],
+        "digits-20": [*digits, "data.samples_per_class=20", "data.batch_size=50"],
+    }
+
+
+def run(overrides: list[str], out: Path) -> dict:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[*COMMON, *overrides, f"paths.output_dir={out}"])
+    return train(cfg)
+
+
+def score(summary: dict, setting: str) -> float:
+    if setting == "hymenoptera":
+        return summary["final"]["val/acc"]
+    return summary["test"]["test/acc"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("transferlab").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    runs = args.out / "runs"
+
+    start = time.perf_counter()
+    source = run(["backbone.name=resnet10t", "data.classes=[0,1,2,3,4]", "trainer.max_epochs=6",
+                  "optimizer.lr=2e-3", "test=false"], runs / "digits_source")
+    source_ckpt = Path(source["checkpoints"]["last"])
+    print(f"source: digits 0-4, best val/acc {source['best']['val/acc']:.4f}")
+
+    results: dict[str, dict[str, list[float]]] = {}
+    for setting, base in settings(args.shared, source_ckpt).items():
+        for name, strategy in STRATEGIES.items():
+            for seed in range(args.seeds):
+                summary = run([*base, *strategy, f"seed={seed}", f"data.split_seed={seed}"],
+                              runs / setting / name / str(seed))
+                results.setdefault(setting, {}).setdefault(name, []).append(score(summary, setting))
+            accs = results[setting][name]
+            print(f"{setting:12s} {name:15s} {statistics.mean(accs):.4f} +- {statistics.pstdev(accs):.4f}")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "schedules.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (args.out / "schedules.md").write_text(table + "\n")
+    plot(results, args.out / "schedules.png")
+    print(f"\n{table}\n\n{len(STRATEGIES) * args.seeds * len(results) + 1} runs in {time.perf_counter() - start:.0f} s")
+    for setting, rows in results.items():
+        scratch = statistics.mean(rows["scratch"])
+        best = max(rows, key=lambda n: statistics.mean(rows[n]))
+        print(f"{setting}: best {best} {statistics.mean(rows[best]) / scratch:.2f}x scratch accuracy")
+
+
+def markdown(results: dict[str, dict[str, list[float]]]) -> str:
+    settings_ = list(results)
+    lines = ["| strategy | " + " | ".join(settings_) + " |", "|---|" + "---|" * len(settings_)]
+    for name in STRATEGIES:
+        cells = [f"{statistics.mean(results[s][name]):.3f} ± {statistics.pstdev(results[s][name]):.3f}"
+                 for s in settings_]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(results)
+    names = list(STRATEGIES)
+    for k, (setting, rows) in enumerate(results.items()):
+        xs = [i + k * width for i in range(len(names))]
+        ax.bar(xs, [statistics.mean(rows[n]) for n in names], width,
+               yerr=[statistics.pstdev(rows[n]) for n in names], label=setting, capsize=2)
+    ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(names))], names, rotation=20)
+    ax.set(ylabel="target accuracy", ylim=(0, 1), title="Transfer strategies (mean ± std over seeds)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
