@@ -8,59 +8,96 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from transferlab.cli import cli_main, conf_dir, run_task
 from transferlab.errors import ConfigError
+from transferlab.eval import check_ckpt_path
 from transferlab.run_folder import write_atomic
 
 log = logging.getLogger("transferlab")
+BAD_FILE_POLICIES = ("skip", "error")
+COLUMNS = ("path", "class", "probability")
 
 
 def predict(cfg: DictConfig) -> Path:
-    """Write ``path,class,probability`` (the top class) for every image under ``cfg.input_dir``."""
+    """Write ``path,class,probability`` (the top class) for every readable image under ``cfg.input_dir``.
+
+    Only the checkpoint is needed: the model, its class names and the eval transform of the data config it was
+    trained with. Paths are written as found under ``input_dir`` as given (relative stays relative), sorted.
+    """
+    if cfg.bad_files not in BAD_FILE_POLICIES:
+        raise ConfigError(f"bad_files={cfg.bad_files}: choose one of {', '.join(BAD_FILE_POLICIES)}")
+    ckpt_path = check_ckpt_path(cfg, "transferlab-predict")
+    paths = _image_paths(cfg)
+
     import numpy as np
     import pytorch_lightning as pl
     import torch
     from torch.utils.data import DataLoader
 
-    from transferlab.data.sources import IMG_EXTENSIONS, LabeledImages, Split, find_unreadable
+    from transferlab.data.sources import LabeledImages, Split
     from transferlab.data.transforms import build_transform
     from transferlab.module import load_module
 
-    if cfg.bad_files not in ("skip", "error"):
-        raise ConfigError(f"bad_files={cfg.bad_files}: choose skip or error")
-    root = Path(cfg.input_dir).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"input_dir={cfg.input_dir}: folder not found; give a folder of images")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-    bad = find_unreadable(paths)
-    if bad and cfg.bad_files == "error":
-        first = next(iter(bad))
-        raise ConfigError(f"bad_files=error: {first} is not a readable image ({bad[first]}); use bad_files=skip")
-    if bad:
-        log.warning("skipped %d unreadable files, e.g. %s", len(bad), next(iter(bad)))
-        paths = [p for p in paths if p not in bad]
-    if not paths:
-        raise ConfigError(f"input_dir={cfg.input_dir}: no image files ({', '.join(IMG_EXTENSIONS)}) found")
-
-    module = load_module(cfg.ckpt_path)
+    module = load_module(ckpt_path)
     transform = build_transform(module.metadata["data_config"], "none", train=False)
-    images = LabeledImages(Split(paths, np.zeros(len(paths), dtype=int)), transform)
-    loader = DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-    trainer = pl.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    probs = torch.cat(trainer.predict(module, dataloaders=loader))
+    # LabeledImages loads each file as RGB (palette GIFs too) as training did; the labels are placeholders.
+    images = LabeledImages(Split(paths, np.zeros(len(paths), dtype=np.int64)), transform)
+    loader = DataLoader(images, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers))
+    trainer = pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(cfg.paths.output_dir),
+    )
+    probs = torch.cat([p.float().cpu() for p in trainer.predict(module, dataloaders=loader)])
 
     top_prob, top_class = probs.max(dim=1)
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "class", "probability"])
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
     for path, index, prob in zip(paths, top_class.tolist(), top_prob.tolist()):
         writer.writerow([str(path), module.class_names[index], f"{prob:.6f}"])
-    output = Path(cfg.output)
+    output = Path(cfg.output).expanduser()
     write_atomic(output, buffer.getvalue())
     print(f"predicted {len(paths)} images -> {output}")
     return output
+
+
+def _image_paths(cfg: DictConfig) -> list[Path]:
+    """The readable image files under ``cfg.input_dir``, sorted; unreadable ones per ``cfg.bad_files``."""
+    from transferlab.data.sources import IMG_EXTENSIONS, _image_files, find_unreadable
+
+    if OmegaConf.is_missing(cfg, "input_dir") or not cfg.input_dir:
+        raise ConfigError("input_dir is required: transferlab-predict ckpt_path=... input_dir=PATH/TO/IMAGES")
+    root = Path(str(cfg.input_dir)).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"input_dir={cfg.input_dir}: folder not found; give a folder of images")
+    paths = _image_files(root)
+    bad = find_unreadable(paths)
+    if bad:
+        first, reason = next(iter(bad.items()))
+        if cfg.bad_files == "error":
+            raise ConfigError(
+                f"bad_files=error: {first} is not a readable image ({reason}); delete it or set bad_files=skip"
+            )
+        listing = Path(cfg.paths.output_dir) / "bad_files.txt"
+        write_atomic(listing, "".join(f"{path}\n" for path in bad))
+        log.warning(
+            "bad_files=skip: skipped %d unreadable image file(s) under %s, listed in %s (set bad_files=error to "
+            "stop instead)",
+            len(bad),
+            cfg.input_dir,
+            listing,
+        )
+        paths = [p for p in paths if p not in bad]
+    if not paths:
+        skipped = f"; {len(bad)} unreadable file(s) skipped" if bad else ""
+        raise ConfigError(f"input_dir={cfg.input_dir}: no image files ({', '.join(IMG_EXTENSIONS)}) found{skipped}")
+    return paths
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="predict")
