@@ -46,14 +46,29 @@ COMMON = ["trainer.accelerator=cpu", "trainer.devices=1", "logger=none", "data.n
 
 def settings(shared: Path, source_ckpt: Path) -> dict[str, list[str]]:
     resnet20 = shared / "pretrained/cifar10_resnet20/resnet20-12fca82f.th"
-    digits = ["backbone.name=resnet10t", "data.classes=[5,6,7,8,9]", f"backbone.weights={source_ckpt}",
-              "trainer.max_epochs=15", "optimizer.lr=2e-3"]
+    digits = [
+        "backbone.name=resnet10t",
+        "data.classes=[5,6,7,8,9]",
+        f"backbone.weights={source_ckpt}",
+        "trainer.max_epochs=15",
+        "optimizer.lr=2e-3",
+    ]
     return {
         "hymenoptera": [
-            "backbone=custom", "backbone.name=null", "backbone.model._target_=cifar_resnet.resnet20",
-            f"backbone.weights={resnet20}", "backbone.data_config.input_size=[3,32,32]", "data=folder",
-            "data.classes=null", f"data.root={shared / 'hymenoptera'}", "data.input_size=32", "data.augment=light",
-            "trainer.max_epochs=12", "optimizer.lr=3e-3", "monitor=val/acc", "test=false",
+            "backbone=custom",
+            "backbone.name=null",
+            "backbone.model._target_=cifar_resnet.resnet20",
+            f"backbone.weights={resnet20}",
+            "backbone.data_config.input_size=[3,32,32]",
+            "data=folder",
+            "data.classes=null",
+            f"data.root={shared / 'hymenoptera'}",
+            "data.input_size=32",
+            "data.augment=light",
+            "trainer.max_epochs=12",
+            "optimizer.lr=3e-3",
+            "monitor=val/acc",
+            "test=false",
         ],
         "digits-5": [*digits, "data.samples_per_class=5", "data.batch_size=25"],
         "digits-20": [*digits, "data.samples_per_class=20", "data.batch_size=50"],
@@ -85,8 +100,16 @@ def main() -> None:
     runs = args.out / "runs"
 
     start = time.perf_counter()
-    source = run(["backbone.name=resnet10t", "data.classes=[0,1,2,3,4]", "trainer.max_epochs=6",
-                  "optimizer.lr=2e-3", "test=false"], runs / "digits_source")
+    source = run(
+        [
+            "backbone.name=resnet10t",
+            "data.classes=[0,1,2,3,4]",
+            "trainer.max_epochs=6",
+            "optimizer.lr=2e-3",
+            "test=false",
+        ],
+        runs / "digits_source",
+    )
     source_ckpt = Path(source["checkpoints"]["last"])
     print(f"source: digits 0-4, best val/acc {source['best']['val/acc']:.4f}")
 
@@ -94,8 +117,9 @@ def main() -> None:
     for setting, base in settings(args.shared, source_ckpt).items():
         for name, strategy in STRATEGIES.items():
             for seed in range(args.seeds):
-                summary = run([*base, *strategy, f"seed={seed}", f"data.split_seed={seed}"],
-                              runs / setting / name / str(seed))
+                summary = run(
+                    [*base, *strategy, f"seed={seed}", f"data.split_seed={seed}"], runs / setting / name / str(seed)
+                )
                 results.setdefault(setting, {}).setdefault(name, []).append(score(summary, setting))
             accs = results[setting][name]
             print(f"{setting:12s} {name:15s} {statistics.mean(accs):.4f} +- {statistics.pstdev(accs):.4f}")
@@ -116,8 +140,9 @@ def markdown(results: dict[str, dict[str, list[float]]]) -> str:
     settings_ = list(results)
     lines = ["| strategy | " + " | ".join(settings_) + " |", "|---|" + "---|" * len(settings_)]
     for name in STRATEGIES:
-        cells = [f"{statistics.mean(results[s][name]):.3f} ± {statistics.pstdev(results[s][name]):.3f}"
-                 for s in settings_]
+        cells = [
+            f"{statistics.mean(results[s][name]):.3f} ± {statistics.pstdev(results[s][name]):.3f}" for s in settings_
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -133,8 +158,14 @@ def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
     names = list(STRATEGIES)
     for k, (setting, rows) in enumerate(results.items()):
         xs = [i + k * width for i in range(len(names))]
-        ax.bar(xs, [statistics.mean(rows[n]) for n in names], width,
-               yerr=[statistics.pstdev(rows[n]) for n in names], label=setting, capsize=2)
+        ax.bar(
+            xs,
+            [statistics.mean(rows[n]) for n in names],
+            width,
+            yerr=[statistics.pstdev(rows[n]) for n in names],
+            label=setting,
+            capsize=2,
+        )
     ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(names))], names, rotation=20)
     ax.set(ylabel="target accuracy", ylim=(0, 1), title="Transfer strategies (mean ± std over seeds)")
     ax.legend()

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose_config
 from transferlab.cli import check_group_choices, conf_dir
 from transferlab.config import validate
 from transferlab.errors import ConfigError
+
+from conftest import compose_config
 
 CONF = Path(conf_dir())
 BIN = Path(sys.executable).parent

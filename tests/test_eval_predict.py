@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from conftest import compose_config
 from transferlab.errors import ConfigError
 from transferlab.eval import evaluate
 from transferlab.module import load_module
 from transferlab.predict import predict
+
+from conftest import compose_config
 
 BIN = Path(sys.executable).parent
 

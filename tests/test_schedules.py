@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
 
 from transferlab.errors import ConfigError
 from transferlab.layer_groups import LayerGroup
 from transferlab.schedules import Phase, Schedule, preset
 from transferlab.train import train
+
+from conftest import TINY
 
 BIN = Path(sys.executable).parent
 GROUPS = [LayerGroup(f"g{i}", (f"g{i}.w",)) for i in range(5)]  # test_resnet has 5: stem, layer1..layer4

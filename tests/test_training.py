@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY
 from transferlab.errors import ConfigError
 from transferlab.train import train
+
+from conftest import TINY
 
 BIN = Path(sys.executable).parent
 
@@ -203,9 +204,10 @@ def test_custom_backbone_with_a_checkpoint_from_the_wild_on_real_images(shared_d
     assert summary["layer_groups"] == ["conv1", "bn1", "layer1", "layer2", "layer3"]
     assert summary["best"]["val/acc"] > 0.5
 
-    from conftest import compose_config
     from transferlab.eval import evaluate
     from transferlab.predict import predict
+
+    from conftest import compose_config
 
     ckpt = summary["checkpoints"]["best"]
     scored = evaluate(

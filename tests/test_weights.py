@@ -10,9 +10,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-import cifar_resnet
 from transferlab.errors import ConfigError
 from transferlab.weights import LoadReport, load_weights, read_state_dict
+
+import cifar_resnet
 
 RESNET20 = Path("pretrained/cifar10_resnet20/resnet20-12fca82f.th")
 
