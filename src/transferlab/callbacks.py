@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,12 @@ class EpochHistory(pl.Callback):
         for group in trainer.optimizers[0].param_groups if trainer.optimizers else []:
             row[f"lr/{group.get('name', 'group')}"] = group["lr"]
         row["epoch_time_s"] = round(time.perf_counter() - self._epoch_start, 3)
+        if not math.isfinite(row.get("train/loss", 0.0)):
+            # A diverged run fails here, recorded as such, and a sweep goes on to its next trial.
+            raise FloatingPointError(
+                f"train/loss is {row['train/loss']} in epoch {row['epoch']}; lower optimizer.lr "
+                "or set trainer.gradient_clip_val"
+            )
         self.history.append(row)
         self._report(row, trainer.max_epochs)
 

@@ -21,6 +21,9 @@ log = logging.getLogger("transferlab")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and test) one run into ``cfg.paths.output_dir``; return its summary. summary.json says how it ended."""
     run_dir = Path(cfg.paths.output_dir)
+    from pytorch_lightning.utilities import rank_zero_only
+
+    write = write_summary if rank_zero_only.rank == 0 else lambda *_: None  # DDP ranks share one run folder
     summary: dict[str, Any] = {
         "status": "running",
         "task": "train",
@@ -28,7 +31,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "overrides": _overrides(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    write_summary(run_dir, summary)
+    write(run_dir, summary)
     start = time.perf_counter()
     try:
         validate(cfg)
@@ -39,7 +42,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         summary["timings"] = {**summary.get("timings", {}), "total_s": round(time.perf_counter() - start, 2)}
-        write_summary(run_dir, summary)
+        write(run_dir, summary)
     return summary
 
 
@@ -47,8 +50,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     from transferlab.callbacks import EpochHistory
+    from transferlab.loggers import finish_loggers
     from transferlab.module import TransferModule
-    from transferlab.run_folder import plot_confusion, plot_curves
 
     pl.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.backbone)
@@ -76,6 +79,21 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     callbacks = [c for c in callbacks if _wanted(c, loggers, tty)] + [history]
     trainer_cfg = {k: v for k, v in cfg.trainer.items() if k != "compile"}
     trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, enable_progress_bar=tty)
+    failed = True
+    try:
+        out = _fit_and_test(cfg, run_dir, trainer, module, datamodule, backbone, history, loggers)
+        failed = False
+        return out
+    finally:
+        finish_loggers(loggers, failed)
+
+
+def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, backbone, history, loggers) -> dict[str, Any]:
+    from transferlab.loggers import report_to_loggers
+    from transferlab.run_folder import plot_confusion, plot_curves
+
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the W&B run config, hparams.yaml
     if cfg.trainer.get("compile"):
         # In place, forward only (metrics and logging stay eager; checkpoint keys unchanged). Phases then drop
         # frozen gradients instead of flipping requires_grad: a graph compiled before a flip keeps it (PyTorch 139476).
@@ -122,6 +140,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if trainer.is_global_zero:
             plot_confusion(run_dir / "confusion.png", module.confusion.compute().cpu(), module.class_names)
     out["timings"] = {"fit_s": round(fit_s, 2), "epoch_s": [r["epoch_time_s"] for r in rows]}
+    if trainer.is_global_zero:
+        report_to_loggers(loggers, out, {"curves": run_dir / "curves.png", "confusion": run_dir / "confusion.png"})
     return out
 
 
