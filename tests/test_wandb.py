@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY
 
 from transferlab.loggers import wandb_offline
+
+from conftest import TINY
 
 BIN = Path(sys.executable).parent
 
