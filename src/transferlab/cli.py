@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +55,8 @@ def cli_main(hydra_main: Callable[[], None]) -> Callable[[], None]:
 
 def run_task(task: Callable, cfg) -> float | None:
     """Run one job. A user error ends a single run with one line and exit 2; in a sweep the job is recorded as
-    failed (by the task's summary.json) and the sweep goes on."""
+    failed (by the task's summary.json), returns None (Optuna marks such a trial failed; NaN would stop it) and the
+    sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -72,7 +72,7 @@ def run_task(task: Callable, cfg) -> float | None:
         if not multirun:
             raise
         log.exception("job failed: %s", e)
-    return math.nan
+    return None
 
 
 def instantiate(config, *args, **kwargs):

@@ -200,10 +200,8 @@ def _versions() -> dict[str, str]:
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     summary = run_task(train, cfg)
-    if isinstance(summary, dict):
-        value = (summary.get("best") or {}).get(cfg.monitor)
-        return float("nan") if value is None else value  # a sweeper optimises what this returns
-    return summary
+    # A sweeper optimises what this returns; None for a failed run or one without the metric.
+    return (summary.get("best") or {}).get(cfg.monitor) if summary else None
 
 
 main = cli_main(_hydra_main)
