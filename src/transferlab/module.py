@@ -185,7 +185,15 @@ class TransferModule(pl.LightningModule):
         probs = self.probabilities(logits)
         metrics.update(probs, target)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(target))
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(target),
+            sync_dist=not on_step,
+        )  # val/test loss averaged over DDP ranks; train/loss stays per rank
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "test")
         return loss, probs
 

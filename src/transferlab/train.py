@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "task": "train",
         "run_dir": str(run_dir),
         "overrides": _overrides(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write(run_dir, summary)
@@ -137,8 +139,9 @@ def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, backbone, his
         best_path = checkpoint.best_model_path if checkpoint is not None else None
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         out["test"] = {k: round(float(v), 6) for k, v in results[0].items()}
+        matrix = module.confusion.compute().cpu()  # a collective under DDP: every rank computes it
         if trainer.is_global_zero:
-            plot_confusion(run_dir / "confusion.png", module.confusion.compute().cpu(), module.class_names)
+            plot_confusion(run_dir / "confusion.png", matrix, module.class_names)
     out["timings"] = {"fit_s": round(fit_s, 2), "epoch_s": [r["epoch_time_s"] for r in rows]}
     if trainer.is_global_zero:
         report_to_loggers(loggers, out, {"curves": run_dir / "curves.png", "confusion": run_dir / "confusion.png"})

@@ -1,0 +1,110 @@
+"""A real single-node SLURM (slurmctld + slurmd + munged on localhost, started here): sweeps, requeue, DDP.
+
+Skipped where Debian's slurm-wlm and munge are not installed or we are not root; .ci/run installs them.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY
+
+BIN = Path(sys.executable).parent
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts/slurm_local.sh"
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("slurmctld") and shutil.which("munged")) or os.geteuid() != 0,
+    reason="needs Debian's slurm-wlm and munge, and root (.ci/run installs them)",
+)
+# The preset's trainer.devices follows hydra.launcher.tasks_per_node: keep TINY's devices=1 out of it.
+TINY = [o for o in TINY if not o.startswith("trainer.devices")]
+LAUNCHER = ["+cluster=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "trainer.accelerator=cpu"]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slurm")
+    subprocess.run(["bash", SCRIPT, "start", folder], check=True, start_new_session=True, timeout=120)
+    env = {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"), "PYTHONPATH": str(Path(__file__).parent)}
+    yield env
+    subprocess.run(["bash", SCRIPT, "stop", folder], check=False)
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_two_trial_sweep_runs_as_slurm_jobs(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [BIN / "transferlab-train", *TINY, *LAUNCHER, "optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"],
+        capture_output=True,
+        text=True,
+        env=slurm,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [_summary(sweep / job) for job in ("0", "1")]
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    job_ids = {s["slurm_job_id"] for s in summaries}
+    assert len(job_ids) == 2 and None not in job_ids  # one SLURM job per trial
+
+
+def test_requeued_job_resumes_from_its_last_checkpoint(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    run = sweep / "0"
+    cli = subprocess.Popen(
+        [BIN / "transferlab-train", *TINY, *LAUNCHER, "trainer.max_epochs=6", "test=false", f"hydra.sweep.dir={sweep}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=slurm,
+    )
+    deadline = time.time() + 180
+    while not (run / "checkpoints/last.ckpt").exists():
+        assert time.time() < deadline and cli.poll() is None, "the job wrote no checkpoint"
+        time.sleep(0.5)
+    job = _summary(run)["slurm_job_id"]
+    subprocess.run(["scontrol", "requeue", job], check=True, env=slurm)
+    output, _ = cli.communicate(timeout=300)
+    assert cli.returncode == 0, output[-3000:]
+    summary = _summary(run)
+    assert summary["status"] == "completed" and summary["slurm_job_id"] == job
+    assert summary["resumed_from"] == str(run / "checkpoints/last.ckpt")
+    assert summary["epochs"] == 6  # the history came back with the checkpoint: every epoch counted once
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 5
+
+
+def test_one_trial_as_two_tasks_with_ddp(slurm, tmp_path):
+    sweep, weights = tmp_path / "sweep", tmp_path / "weights"
+    result = subprocess.run(
+        [
+            BIN / "transferlab-train",
+            *TINY,
+            *LAUNCHER,
+            "hydra.launcher.tasks_per_node=2",
+            "trainer.strategy=ddp",
+            "schedule=gradual",
+            "trainer.max_epochs=2",
+            "+callbacks.save._target_=helpers.SaveEpochWeights",
+            f"+callbacks.save.dirpath={weights}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        capture_output=True,
+        text=True,
+        env=slurm,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _summary(sweep / "0")["status"] == "completed"
+    ranks = [torch.load(weights / f"rank{r}_epoch1.pt", weights_only=True) for r in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    first = torch.load(weights / "rank0_epoch0.pt", weights_only=True)
+    key = "backbone.layer4.0.conv1.weight"  # unfrozen at epoch 1 by the gradual schedule
+    assert not torch.equal(ranks[0][key], first[key])
