@@ -118,7 +118,7 @@ def main() -> None:
         for name, strategy in STRATEGIES.items():
             for seed in range(args.seeds):
                 summary = run(
-                    [*base, *strategy, f"seed={seed}", f"data.split_seed={seed}"], runs / setting / name / str(seed)
+                    [*base, *strategy, f"seed={seed}", f"data.split_seed={seed}"], runs / setting / name.replace("=", "") / str(seed)
                 )
                 results.setdefault(setting, {}).setdefault(name, []).append(score(summary, setting))
             accs = results[setting][name]
