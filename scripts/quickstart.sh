@@ -9,4 +9,4 @@ transferlab-train -m experiment=digits_scratch,digits_frozen,digits_finetune \
   ++source_run="$out/source" hydra.sweep.dir="$out/transfer" "$@"
 echo
 echo "Target task (digits 5-9, 5 labels per class): scratch vs frozen backbone vs fine-tuning"
-python -m transferlab.report "$out/transfer"
+transferlab-report "$out/transfer"

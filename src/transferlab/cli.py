@@ -89,3 +89,10 @@ def instantiate(config, *args, **kwargs):
         if isinstance(cause, ConfigError):
             raise cause from None
         raise
+
+
+def job_overrides() -> list[str]:
+    """This Hydra job's command-line overrides (empty outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

@@ -10,9 +10,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.cli import cli_main, conf_dir, instantiate, run_task
+from transferlab.cli import cli_main, conf_dir, instantiate, job_overrides, run_task
 from transferlab.errors import ConfigError
-from transferlab.run_folder import write_summary
+from transferlab.run_folder import recorded
 
 log = logging.getLogger("transferlab")
 SPLITS = ("train", "val", "test")
@@ -31,19 +31,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "ckpt_path": None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path,
         "split": cfg.split,
-        "overrides": _overrides(),
+        "overrides": job_overrides(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    start = time.perf_counter()
-    try:
+    with recorded(run_dir, summary):
         summary.update(_evaluate(cfg, run_dir))
-        summary["status"] = "completed"
-    except BaseException as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        summary["timings"] = {"total_s": round(time.perf_counter() - start, 2)}
-        write_summary(run_dir, summary)
     metrics = summary["metrics"]
     print(
         f"eval {cfg.split}: acc {metrics[f'{cfg.split}/acc']:.4f} f1 {metrics[f'{cfg.split}/f1']:.4f} "
@@ -125,12 +117,6 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "class_names": module.class_names,
         "data_changes": changes,
     }
-
-
-def _overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="eval")

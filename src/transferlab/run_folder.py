@@ -6,6 +6,9 @@ import csv
 import json
 import os
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,24 @@ def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
     path = Path(run_dir) / SUMMARY
     write_atomic(path, json.dumps(summary, indent=2, default=_jsonable) + "\n")
     return path
+
+
+@contextmanager
+def recorded(
+    run_dir: str | Path, summary: dict[str, Any], write: Callable[..., Any] = write_summary
+) -> Iterator[dict[str, Any]]:
+    """summary.json says ``running`` while the block runs, then ``completed``, or ``failed`` with the error."""
+    start = time.perf_counter()
+    write(run_dir, {**summary, "status": "running"})
+    try:
+        yield summary
+        summary["status"] = "completed"
+    except BaseException as e:
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        summary["timings"] = {**summary.get("timings", {}), "total_s": round(time.perf_counter() - start, 2)}
+        write(run_dir, summary)
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.cli import cli_main, conf_dir, instantiate, run_task
+from transferlab.cli import cli_main, conf_dir, instantiate, job_overrides, run_task
 from transferlab.config import validate
-from transferlab.run_folder import CHECKPOINTS, write_summary
+from transferlab.run_folder import CHECKPOINTS, recorded, write_summary
 
 log = logging.getLogger("transferlab")
 
@@ -29,22 +29,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "status": "running",
         "task": "train",
         "run_dir": str(run_dir),
-        "overrides": _overrides(),
+        "overrides": job_overrides(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    write(run_dir, summary)
-    start = time.perf_counter()
-    try:
+    with recorded(run_dir, summary, write):
         validate(cfg)
         summary.update(_fit(cfg, run_dir))
-        summary["status"] = "completed"
-    except BaseException as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        summary["timings"] = {**summary.get("timings", {}), "total_s": round(time.perf_counter() - start, 2)}
-        write(run_dir, summary)
     return summary
 
 
@@ -174,12 +165,6 @@ def _best_row(history: list[dict], monitor: str, mode: str) -> dict | None:
         return None
     pick = max if mode == "max" else min
     return pick(rows, key=lambda r: r[monitor])
-
-
-def _overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _versions() -> dict[str, str]:
