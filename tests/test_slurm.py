@@ -36,6 +36,17 @@ def slurm(tmp_path_factory):
     subprocess.run(["bash", SCRIPT, "stop", folder], check=False)
 
 
+def _start_when_requeued(job: str, env: dict, cli: subprocess.Popen) -> None:
+    """SLURM holds a requeued job back for a while (BeginTime); let it start now, as a quiet cluster would."""
+    deadline = time.time() + 60
+    while time.time() < deadline and cli.poll() is None:
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True, env=env)
+        if "PENDING" in state.stdout:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False, env=env)
+            return
+        time.sleep(0.5)
+
+
 def _summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
@@ -72,6 +83,7 @@ def test_requeued_job_resumes_from_its_last_checkpoint(slurm, tmp_path):
         time.sleep(0.5)
     job = _summary(run)["slurm_job_id"]
     subprocess.run(["scontrol", "requeue", job], check=True, env=slurm)
+    _start_when_requeued(job, slurm, cli)
     output, _ = cli.communicate(timeout=300)
     assert cli.returncode == 0, output[-3000:]
     summary = _summary(run)
@@ -108,3 +120,30 @@ def test_one_trial_as_two_tasks_with_ddp(slurm, tmp_path):
     first = torch.load(weights / "rank0_epoch0.pt", weights_only=True)
     key = "backbone.layer4.0.conv1.weight"  # unfrozen at epoch 1 by the gradual schedule
     assert not torch.equal(ranks[0][key], first[key])
+
+
+def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
+    """SIGUSR1, as SLURM sends it signal_delay_s before the time limit: Lightning saves hpc_ckpt_1.ckpt and
+    requeues the job itself; the job starts again in its folder and resumes from that checkpoint."""
+    sweep = tmp_path / "sweep"
+    run = sweep / "0"
+    cli = subprocess.Popen(
+        [BIN / "transferlab-train", *TINY, *LAUNCHER, "trainer.max_epochs=8", "test=false", f"hydra.sweep.dir={sweep}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=slurm,
+    )
+    deadline = time.time() + 180
+    while not (run / "checkpoints/last.ckpt").exists():
+        assert time.time() < deadline and cli.poll() is None, "the job wrote no checkpoint"
+        time.sleep(0.5)
+    job = _summary(run)["slurm_job_id"]
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, env=slurm)
+    _start_when_requeued(job, slurm, cli)
+    output, _ = cli.communicate(timeout=300)
+    assert cli.returncode == 0, output[-3000:]
+    summary = _summary(run)
+    assert summary["status"] == "completed" and summary["slurm_job_id"] == job
+    assert summary["resumed_from"] == str(run / "hpc_ckpt_1.ckpt")
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 7

@@ -139,12 +139,13 @@ class TransferModule(pl.LightningModule):
         self._apply_phase()
         if changed:
             self._set_lr_scales(self.phase.lr_scales(len(self.layer_groups)))
+        optimizer = self._optimizer()
         entry = {
             "phase": index,
             "start_epoch": self.current_epoch,
             "freeze_depth": self.phase.frozen_count(self.layer_groups),
             "bn_mode": self.phase.bn_mode,
-            "lr": {g["name"]: g["lr"] for g in self._optimizer().param_groups} if self._optimizer() else {},
+            "lr": {g["name"]: g["lr"] for g in optimizer.param_groups} if optimizer else {},
             "trainable_params": self._trainable_count(),
         }
         self.phase_history.append(entry)

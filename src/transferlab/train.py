@@ -149,13 +149,16 @@ def _wanted(callback, loggers: list, tty: bool) -> bool:
 
 
 def _resume_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """``last``: the run folder's newest checkpoint, the end of its last epoch or the one Lightning's SLURM support
+    saved when the job was signalled before its time limit (``hpc_ckpt_N.ckpt``); none yet: a fresh start."""
     if ckpt_path != "last":
         return ckpt_path
-    last = run_dir / CHECKPOINTS / "last.ckpt"
-    if last.is_file():
-        log.info("resuming from %s", last)
-        return str(last)
-    log.info("ckpt_path=last: no %s yet, starting from the beginning", last)
+    found = [p for p in (run_dir / CHECKPOINTS / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    if found:
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        log.info("resuming from %s", newest)
+        return str(newest)
+    log.info("ckpt_path=last: no checkpoint in %s yet, starting from the beginning", run_dir)
     return None
 
 
