@@ -20,6 +20,14 @@ TINY = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache_dir(tmp_path_factory) -> Path:
+    """Runs started by the tests (in-process or not) cache features here, not in ~/.cache."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["TRANSFERLAB_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data, from $TRANSFERLAB_SHARED_DATA (set by .ci/run); skip when absent."""

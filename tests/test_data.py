@@ -283,3 +283,16 @@ def test_hymenoptera(shared_data, tmp_path):
     assert images.shape == (16, 3, 64, 64) and set(labels.tolist()) <= {0, 1}
     gif = dm.datasets["train"].items.index(root / "train" / "ants" / "imageNotFound.gif")
     assert dm.datasets["train"][gif][0].shape == (3, 64, 64)
+
+
+def test_cache_images_decodes_once_and_gives_the_same_tensors(tmp_path):
+    root = make_tree(tmp_path / "images")
+    options = {"source": "folder", "root": str(root), "augment": "none", "input_size": 16, "output_dir": None}
+    plain = ClassificationDataModule(**options)
+    cached = ClassificationDataModule(**options, cache_images=True)
+    for split in ("train", "val"):
+        assert all(isinstance(item, np.ndarray) for item in cached.datasets[split].items)
+        for i in range(len(plain.datasets[split])):
+            image, label = cached.datasets[split][i]
+            assert torch.equal(image, plain.datasets[split][i][0]) and label == plain.datasets[split][i][1]
+    assert plain._pin_memory() is False  # not attached to a CUDA trainer

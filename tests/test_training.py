@@ -37,7 +37,12 @@ def test_run_folder_contract(trained_run):
     assert summary["epochs"] == 2 and summary["best_epoch"] in (0, 1)
     assert {"torch", "lightning", "timm", "transferlab"} <= set(summary["versions"])
     assert 0 <= summary["test"]["test/acc"] <= 1 and "test/f1" in summary["test"]
-    assert summary["timings"]["fit_s"] > 0 and len(summary["timings"]["epoch_s"]) == 2
+    timings = summary["timings"]
+    assert timings["fit_s"] > 0 and len(timings["epoch_s"]) == 2
+    for key in ("train_images_per_s", "loader_images_per_s", "model_images_per_s"):
+        assert len(timings[key]) == 2 and all(v > 0 for v in timings[key]), key
+    # The whole epoch's images pass through both: each alone is faster than the two together.
+    assert min(timings["loader_images_per_s"][1], timings["model_images_per_s"][1]) > timings["train_images_per_s"][1]
     for name in (
         "metrics.csv",
         "curves.png",
@@ -49,9 +54,29 @@ def test_run_folder_contract(trained_run):
         assert (trained_run / name).is_file(), name
     rows = list(csv.DictReader((trained_run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["0", "1"]
-    assert {"train/loss", "val/loss", "val/acc", "lr/head", "lr/stem"} <= set(rows[0])
+    assert {"train/loss", "val/loss", "val/acc", "lr/head", "lr/stem", "train_images_per_s"} <= set(rows[0])
     meta = torch.load(trained_run / "checkpoints/best.ckpt", weights_only=True)["transferlab"]
     assert meta["class_names"] == ["0", "1", "2"] and meta["data_config"]["input_size"] == (3, 32, 32)
+
+
+def test_channels_last_runs_backbone_and_images_in_nhwc(make_cfg):
+    from transferlab.cli import instantiate
+    from transferlab.heads import LinearHead
+    from transferlab.module import TransferModule
+
+    cfg = make_cfg("trainer.channels_last=true")
+    modules = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        backbone = instantiate(cfg.backbone)
+        head = LinearHead(backbone.num_features, 3)
+        modules.append(TransferModule(backbone, head, ["0", "1", "2"], channels_last=channels_last).eval())
+    kernels = [p for p in modules[1].backbone.parameters() if p.ndim == 4]
+    assert kernels and all(k.is_contiguous(memory_format=torch.channels_last) for k in kernels)
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(modules[1](images), modules[0](images), rtol=1e-4, atol=1e-5)
+    summary = train(cfg)
+    assert summary["status"] == "completed", summary.get("error")
 
 
 @pytest.mark.parametrize("freeze_depth", [2, "all"])

@@ -22,21 +22,42 @@ class EpochHistory(pl.Callback):
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.history: list[dict[str, Any]] = []
-        self._epoch_start = 0.0
+        self._epoch_start = self._batch_end = 0.0
+        self._wait_s = self._step_s = 0.0
+        self._images = 0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = self._batch_end = time.perf_counter()
+        self._wait_s = self._step_s = 0.0
+        self._images = 0
+
+    # Time between one step's end and the next step's start is spent waiting for the loader (Lightning
+    # fetches the next batch there); the step itself is the model's forward, backward and optimizer step.
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start = time.perf_counter()
+        self._wait_s += self._batch_start - self._batch_end
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batch_end = time.perf_counter()
+        self._step_s += self._batch_end - self._batch_start
+        self._images += len(batch[1])
+        elapsed = self._batch_end - self._epoch_start
+        pl_module.log("img/s", self._images / elapsed, prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # Validation has run by now: callback_metrics holds this epoch's train and val values.
         row: dict[str, Any] = {"epoch": trainer.current_epoch}
         for key, value in sorted(trainer.callback_metrics.items()):
-            if key.endswith("_step") or key.startswith("lr-"):  # lr comes from the optimizer below
+            if key.endswith("_step") or key.startswith("lr-") or key == "img/s":  # lr: from the optimizer below
                 continue
             row[key.removesuffix("_epoch")] = round(float(value), 6)
         for group in trainer.optimizers[0].param_groups if trainer.optimizers else []:
             row[f"lr/{group.get('name', 'group')}"] = group["lr"]
         row["epoch_time_s"] = round(time.perf_counter() - self._epoch_start, 3)
+        # Train loop only (validation excluded): which of loader and model bounds the run.
+        row["train_images_per_s"] = _rate(self._images, self._batch_end - self._epoch_start)
+        row["loader_images_per_s"] = _rate(self._images, self._wait_s)
+        row["model_images_per_s"] = _rate(self._images, self._step_s)
         if not math.isfinite(row.get("train/loss", 0.0)):
             # A diverged run fails here, recorded as such, and a sweep goes on to its next trial.
             raise FloatingPointError(
@@ -50,10 +71,18 @@ class EpochHistory(pl.Callback):
     def _report(self, row: dict[str, Any], max_epochs: int) -> None:
         write_metrics(self.run_dir, self.history)
         shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train/", "val/")))
-        rank_zero_info(f"epoch {row['epoch'] + 1}/{max_epochs} {shown} ({row['epoch_time_s']:.1f}s)")
+        rank_zero_info(
+            f"epoch {row['epoch'] + 1}/{max_epochs} {shown} ({row['epoch_time_s']:.1f}s, "
+            f"{row['train_images_per_s'] or 0:.0f} img/s; loader {row['loader_images_per_s'] or 0:.0f}, "
+            f"model {row['model_images_per_s'] or 0:.0f})"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict["history"])
+
+
+def _rate(images: int, seconds: float) -> float | None:
+    return round(images / seconds, 1) if seconds > 0 else None

@@ -95,7 +95,7 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         datasets[cfg.split],
         batch_size=datamodule.eval_batch_size,
         num_workers=datamodule.num_workers,
-        pin_memory=datamodule.pin_memory,
+        pin_memory=bool(datamodule.pin_memory),
     )
 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)

@@ -42,10 +42,12 @@ class TransferModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
         lr_scheduler: LrSchedulerFactory | None = None,
         label_smoothing: float = 0.0,
+        channels_last: bool = False,
         metadata: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.backbone = backbone.model
+        self.num_features = backbone.num_features
         self.head = head
         self.layer_groups = backbone.layer_groups
         self.class_names = list(class_names)
@@ -53,6 +55,9 @@ class TransferModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.label_smoothing = label_smoothing
+        self.channels_last = channels_last
+        if channels_last:  # NHWC: faster convolutions on tensor cores; images are converted in forward
+            self.backbone.to(memory_format=torch.channels_last)
         self.metadata = {
             "data_config": backbone.data_config,
             **(metadata or {}),
@@ -82,6 +87,8 @@ class TransferModule(pl.LightningModule):
         return bool(getattr(self.head, "binary", False))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(images))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -96,6 +103,13 @@ class TransferModule(pl.LightningModule):
             soft = target.float() * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
             return F.binary_cross_entropy_with_logits(logits.squeeze(1), soft)
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    def backbone_frozen(self, epoch: int) -> bool:
+        """Whether the phase of ``epoch`` freezes every layer group, BatchNorm statistics included: then the
+        backbone's features do not change and the data module may serve them from its feature cache."""
+        phase = self.schedule.phases[self.schedule.phase_index(epoch)]
+        # affine_only trains BatchNorm affine parameters in frozen groups too.
+        return all(phase.frozen_groups(self.layer_groups)) and phase.bn_mode != "affine_only"
 
     @property
     def phase(self):
@@ -181,7 +195,8 @@ class TransferModule(pl.LightningModule):
 
     def _step(self, batch, metrics: MetricCollection, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, target = batch
-        logits = self(images)
+        # Cached features come as (batch, features) and go straight to the head; images are 4-D.
+        logits = self.head(images) if images.ndim == 2 else self(images)
         loss = self.loss(logits, target)
         probs = self.probabilities(logits)
         metrics.update(probs, target)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from pytorch_lightning.accelerators import CUDAAccelerator
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
 
+from transferlab import features
 from transferlab.data import sources
 from transferlab.data.transforms import AUGMENT_PRESETS, build_transform, resolve_data_config
 from transferlab.errors import ConfigError
+from transferlab.features import FeatureDataset
 
 SOURCES = ("digits", "folder")
 BAD_FILE_POLICIES = ("skip", "error")
@@ -42,7 +47,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
+        cache_images: bool = False,
+        feature_cache: str | None = None,
         output_dir: str | None = None,
     ):
         super().__init__()
@@ -77,7 +84,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.train_fraction = None if train_fraction is None else float(train_fraction)
         self.batch_size = int(batch_size)
         self.eval_batch_size = self.batch_size if eval_batch_size is None else int(eval_batch_size)
-        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
+        self.num_workers, self.pin_memory = int(num_workers), pin_memory
+        self.cache_images = bool(cache_images)
+        self.feature_cache = None if feature_cache is None else Path(feature_cache)
+        self.feature_cache_log: list[dict] = []  # one entry per cached split used: hit or computed, and how long
+        self._loaders: dict[str, DataLoader] = {}
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.data_config = resolve_data_config(data_config, input_size, mean, std)
 
@@ -105,6 +116,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         if self._datasets:
             return
         raw = self._drop_bad_files(self._raw) if self.source == "folder" else self._raw
+        if self.cache_images and self.source == "folder":
+            raw = {name: sources.decoded(split) for name, split in raw.items()}
         splits = self._make_splits(raw)
         splits["train"] = sources.few_shot(
             splits["train"], self.class_names, self.split_seed, self.samples_per_class, self.train_fraction
@@ -146,18 +159,78 @@ class ClassificationDataModule(pl.LightningDataModule):
         return {name: len(self.datasets[name]) if name in self.datasets else 0 for name in sources.SPLITS}
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        dataset = self.datasets[split]
+        """Images, or the frozen backbone's cached features where they apply. The loader is kept while its kind
+        stays, so per-epoch reloads (schedules whose phases switch between the two) keep persistent workers."""
+        use_features = self._features_apply(split)
+        kept = self._loaders.get(split)
+        if kept is not None and isinstance(kept.dataset, FeatureDataset) == use_features:
+            return kept
+        dataset: Dataset = self._cached_features(split) if use_features else self.datasets[split]
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
-        return DataLoader(
+        workers = 0 if use_features else self.num_workers  # reading a memory map needs no worker processes
+        loader = DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             # A last training batch of one image breaks BatchNorm ("more than 1 value per channel"): drop it.
             drop_last=split == "train" and len(dataset) % batch_size == 1,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            pin_memory=self._pin_memory(),
+            persistent_workers=workers > 0,
         )
+        if split in ("train", "val"):
+            self._loaders[split] = loader
+        return loader
+
+    def _pin_memory(self) -> bool:
+        """data.pin_memory, or when unset: pin on CUDA, where it lets host-to-device copies overlap compute."""
+        if self.pin_memory is not None:
+            return bool(self.pin_memory)
+        return self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
+
+    def _features_apply(self, split: str) -> bool:
+        """The cache serves train and val while the whole backbone is frozen, and train only without augmentation."""
+        trainer = self.trainer
+        if self.feature_cache is None or trainer is None or split not in ("train", "val"):
+            return False
+        if split == "train" and self.augment != "none":
+            return False
+        frozen = getattr(trainer.lightning_module, "backbone_frozen", None)
+        return frozen is not None and frozen(trainer.current_epoch)
+
+    def _cached_features(self, split: str) -> FeatureDataset:
+        module, trainer = self.trainer.lightning_module, self.trainer
+        dataset = self.datasets[split]
+        key = features.entry_key(
+            features.backbone_fingerprint(module.backbone),
+            features.images_fingerprint(dataset.items, dataset.labels),
+            split,
+            repr(dataset.transform),
+            str(trainer.precision),
+        )
+        path = self.feature_cache / f"{key}.npy"
+        extract = DataLoader(
+            dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers, pin_memory=self._pin_memory()
+        )
+        start = time.perf_counter()
+        values, hit = features.load_or_compute(
+            path,
+            lambda tmp: features.write_features(
+                tmp,
+                module.backbone,
+                module.num_features,
+                extract,
+                module.device,
+                trainer.precision_plugin.forward_context,
+            ),
+        )
+        seconds = round(time.perf_counter() - start, 3)
+        self.feature_cache_log.append(
+            {"epoch": trainer.current_epoch, "split": split, "hit": hit, "seconds": seconds, "file": str(path)}
+        )
+        what = "reused" if hit else f"computed in {seconds:.1f}s"
+        rank_zero_info(f"{split} features of the frozen backbone {what}: {len(values)} x {values.shape[1]}, {path}")
+        return FeatureDataset(values, dataset.labels)
 
     def _make_splits(self, raw: dict[str, sources.Split]) -> dict[str, sources.Split]:
         """Stratified val/test splits where the source has none; the test split is cut first so that it stays

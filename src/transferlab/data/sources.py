@@ -43,14 +43,21 @@ class LabeledImages(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int):
-        item = self.items[index]
-        if isinstance(item, np.ndarray):
-            image = Image.fromarray(item)  # HxWx3 uint8 -> RGB
-        else:
-            with Image.open(item) as raw:
-                # Palette images with transparency (GIFs) go through RGBA so PIL maps the palette cleanly.
-                image = raw.convert("RGBA" if raw.mode == "P" else "RGB").convert("RGB")
-        return self.transform(image), int(self.labels[index])
+        return self.transform(load_rgb(self.items[index])), int(self.labels[index])
+
+
+def load_rgb(item) -> Image.Image:
+    """An item of a :class:`Split` as an RGB PIL image."""
+    if isinstance(item, np.ndarray):
+        return Image.fromarray(item)  # HxWx3 uint8 -> RGB
+    with Image.open(item) as raw:
+        # Palette images with transparency (GIFs) go through RGBA so PIL maps the palette cleanly.
+        return raw.convert("RGBA" if raw.mode == "P" else "RGB").convert("RGB")
+
+
+def decoded(split: Split) -> Split:
+    """The split with every image file decoded once into memory (data.cache_images): no decoding per epoch."""
+    return Split([np.asarray(load_rgb(item)) for item in split.items], split.labels)
 
 
 # --- digits -------------------------------------------------------------------------------------------

@@ -1,0 +1,102 @@
+"""Cached backbone features: a frozen backbone's output for every image of a split, computed once.
+
+An entry is one fp16 ``.npy`` file named by a hash of everything the features depend on: the backbone's
+architecture and weights (every tensor of its state dict), the split's images (paths, sizes and modification
+times, or the pixels) and labels, the transform and the precision they were computed in. Any change makes a new
+entry; an unchanged backbone reuses the entry across epochs, runs and sweep trials. Writers take a lock, fill a
+temporary file and rename it into place, so concurrent trials compute an entry once and nobody reads a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from torch import nn
+from torch.utils.data import Dataset
+
+
+def backbone_fingerprint(model: nn.Module) -> str:
+    """Hash of the architecture (its repr) and every parameter and buffer, bit for bit."""
+    h = hashlib.blake2b(repr(model).encode(), digest_size=16)
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1).contiguous()
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(flat.view(torch.uint8).cpu().numpy().data if flat.numel() else b"")
+    return h.hexdigest()
+
+
+def images_fingerprint(items: Iterable, labels: np.ndarray) -> str:
+    """Hash of a split's images and labels: file path, size and mtime for files, the pixels for arrays."""
+    h = hashlib.blake2b(np.ascontiguousarray(labels).data, digest_size=16)
+    for item in items:
+        if isinstance(item, np.ndarray):
+            h.update(np.ascontiguousarray(item).data)
+        else:
+            stat = os.stat(item)
+            h.update(f"{item}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def entry_key(*parts: str) -> str:
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
+
+
+def load_or_compute(path: Path, compute: Callable[[Path], None]) -> tuple[np.ndarray, bool]:
+    """The array at ``path`` (memory-mapped) and whether it was there already; ``compute(tmp)`` writes a
+    missing one into ``tmp``, which then becomes ``path`` in one rename."""
+    if path.is_file():
+        return np.load(path, mmap_mode="r"), True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        hit = path.is_file()  # another process may have written it while this one waited for the lock
+        if not hit:
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+            try:
+                compute(tmp)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+    return np.load(path, mmap_mode="r"), hit
+
+
+@torch.inference_mode()
+def write_features(
+    tmp: Path, backbone: nn.Module, num_features: int, loader, device: torch.device, autocast: Callable
+) -> None:
+    """Run ``backbone`` in eval mode over ``loader`` (in order) and write (images, num_features) fp16 to ``tmp``."""
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(loader.dataset), num_features))
+    was_training = backbone.training
+    backbone.eval()
+    # Iterating a DataLoader draws from torch's RNG: fork it so a run draws the same numbers, cache hit or not.
+    with torch.random.fork_rng(devices=[]):
+        try:
+            start = 0
+            for images, _ in loader:
+                with autocast():
+                    features = backbone(images.to(device, non_blocking=True))
+                out[start : start + len(features)] = features.float().cpu().numpy()
+                start += len(features)
+        finally:
+            backbone.train(was_training)
+    out.flush()
+    del out
+
+
+class FeatureDataset(Dataset):
+    """(feature vector, label) pairs from a cached entry; the training module sends 2-D batches to the head only."""
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return torch.from_numpy(self.features[index].astype(np.float32)), int(self.labels[index])
