@@ -7,7 +7,7 @@ Settings:
   digits-20    the best-val checkpoint on a held-out test split (181 images). 20 labels per class.
 
 Every strategy is the same `transferlab-train` config with one schedule override, run in-process (one Python,
-so imports are paid once). Usage:
+so imports are paid once). Completed run folders under --out are reused: delete runs/ to start over. Usage:
   python benchmarks/schedules.py [--seeds 3] [--shared ../shared/data] [--out benchmarks/results]
 """
 
@@ -76,6 +76,10 @@ def settings(shared: Path, source_ckpt: Path) -> dict[str, list[str]]:
 
 
 def run(overrides: list[str], out: Path) -> dict:
+    """One run into ``out``; a run that completed there before is read back, so an interrupted benchmark goes on."""
+    summary = out / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text())["status"] == "completed":
+        return json.loads(summary.read_text())
     GlobalHydra.instance().clear()
     with initialize_config_dir(conf_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[*COMMON, *overrides, f"paths.output_dir={out}"])
@@ -118,7 +122,8 @@ def main() -> None:
         for name, strategy in STRATEGIES.items():
             for seed in range(args.seeds):
                 summary = run(
-                    [*base, *strategy, f"seed={seed}", f"data.split_seed={seed}"], runs / setting / name.replace("=", "") / str(seed)
+                    [*base, *strategy, f"seed={seed}", f"data.split_seed={seed}"],
+                    runs / setting / name.replace("=", "") / str(seed),
                 )
                 results.setdefault(setting, {}).setdefault(name, []).append(score(summary, setting))
             accs = results[setting][name]

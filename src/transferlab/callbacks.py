@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from transferlab.run_folder import write_metrics
+
+_first_step_seen = False  # later runs in the same process (in-process sweep trials) did not pay the start-up
 
 
 class EpochHistory(pl.Callback):
@@ -25,6 +28,7 @@ class EpochHistory(pl.Callback):
         self._epoch_start = self._batch_end = 0.0
         self._wait_s = self._step_s = 0.0
         self._images = 0
+        self.startup_s: float | None = None  # process start to first training step; the first run of a process only
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = self._batch_end = time.perf_counter()
@@ -36,6 +40,10 @@ class EpochHistory(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._batch_start = time.perf_counter()
         self._wait_s += self._batch_start - self._batch_end
+        global _first_step_seen
+        if not _first_step_seen:
+            _first_step_seen = True
+            self.startup_s = process_age_s()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._batch_end = time.perf_counter()
@@ -86,3 +94,13 @@ class EpochHistory(pl.Callback):
 
 def _rate(images: int, seconds: float) -> float | None:
     return round(images / seconds, 1) if seconds > 0 else None
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started, from Linux's /proc (None elsewhere)."""
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time in clock ticks after boot
+        return round(float(Path("/proc/uptime").read_text().split()[0]) - started, 2)
+    except (OSError, ValueError, IndexError):
+        return None

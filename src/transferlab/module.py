@@ -66,6 +66,7 @@ class TransferModule(pl.LightningModule):
         self.schedule.check(self.layer_groups)
         self.phase_index = 0
         self.phase_history: list[dict[str, Any]] = []
+        self._resumed_epoch = 0
         self.mask_frozen_grads = False
         self._apply_phase()
 
@@ -104,9 +105,13 @@ class TransferModule(pl.LightningModule):
             return F.binary_cross_entropy_with_logits(logits.squeeze(1), soft)
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
-    def backbone_frozen(self, epoch: int) -> bool:
-        """Whether the phase of ``epoch`` freezes every layer group, BatchNorm statistics included: then the
-        backbone's features do not change and the data module may serve them from its feature cache."""
+    def backbone_frozen(self, epoch: int | None = None) -> bool:
+        """Whether the phase of ``epoch`` (default: the epoch about to train) freezes every layer group, BatchNorm
+        statistics included: then the backbone's features do not change and the data module may serve them from
+        its feature cache."""
+        if epoch is None:
+            # A resumed run builds its first loaders before Lightning restores the epoch counter.
+            epoch = max(self.current_epoch, self._resumed_epoch)
         phase = self.schedule.phases[self.schedule.phase_index(epoch)]
         # affine_only trains BatchNorm affine parameters in frozen groups too.
         return all(phase.frozen_groups(self.layer_groups)) and phase.bn_mode != "affine_only"
@@ -144,6 +149,13 @@ class TransferModule(pl.LightningModule):
         # Lightning 2.x does not call .train(): it restores each module's own mode after validation, so eval
         # mode set here lasts the epoch.
         self._freeze_batchnorm_statistics()
+
+    def on_train_epoch_end(self) -> None:
+        # A data module may serve cached features while the backbone is frozen: reload its loaders where the next
+        # epoch switches between features and images, and only there (a reload draws from the RNG, so reloading
+        # every epoch would make a resumed run differ from an uninterrupted one).
+        switch = self.backbone_frozen(self.current_epoch + 1) != self.backbone_frozen(self.current_epoch)
+        self.trainer.reload_dataloaders_every_n_epochs = int(switch)
 
     def _enter_phase(self, index: int) -> None:
         """Epoch starts are optimizer-step boundaries (Lightning steps at an epoch's last batch), so no gradient
@@ -274,6 +286,9 @@ class TransferModule(pl.LightningModule):
         if phase:
             self.phase_index, self.phase_history = phase["index"], list(phase["history"])
             self._apply_phase()  # the optimizer state restored next already holds this phase's lr scales
+        # Epochs whose batches all ran: the epoch a resumed run trains next (a mid-epoch save repeats its epoch).
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+        self._resumed_epoch = progress.get("current", {}).get("processed", 0)
         rng = checkpoint.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])

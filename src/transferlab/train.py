@@ -72,15 +72,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     tty = sys.stderr.isatty()
     callbacks = [c for c in callbacks if _wanted(c, loggers, tty)] + [history]
     trainer_cfg = {k: v for k, v in cfg.trainer.items() if k not in ("compile", "channels_last")}
-    # Phases that switch between cached features and images need fresh loaders; unchanged ones are reused.
-    switching = datamodule.feature_cache is not None and len(module.schedule.phases) > 1
-    trainer = instantiate(
-        trainer_cfg,
-        callbacks=callbacks,
-        logger=loggers or False,
-        enable_progress_bar=tty,
-        reload_dataloaders_every_n_epochs=int(switching),
-    )
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, enable_progress_bar=tty)
     failed = True
     try:
         out = _fit_and_test(cfg, run_dir, trainer, module, datamodule, backbone, history, loggers)
@@ -142,7 +134,11 @@ def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, backbone, his
         matrix = module.confusion.compute().cpu()  # a collective under DDP: every rank computes it
         if trainer.is_global_zero:
             plot_confusion(run_dir / "confusion.png", matrix, module.class_names)
-    out["timings"] = {"fit_s": round(fit_s, 2), "epoch_s": [r["epoch_time_s"] for r in rows]}
+    out["timings"] = {
+        "startup_s": history.startup_s,
+        "fit_s": round(fit_s, 2),
+        "epoch_s": [r["epoch_time_s"] for r in rows],
+    }
     for key in ("train_images_per_s", "loader_images_per_s", "model_images_per_s"):
         out["timings"][key] = [r[key] for r in rows]
     if datamodule.feature_cache_log:

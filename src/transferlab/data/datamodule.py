@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.accelerators import CUDAAccelerator
+from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
@@ -15,7 +16,6 @@ from transferlab import features
 from transferlab.data import sources
 from transferlab.data.transforms import AUGMENT_PRESETS, build_transform, resolve_data_config
 from transferlab.errors import ConfigError
-from transferlab.features import FeatureDataset
 
 SOURCES = ("digits", "folder")
 BAD_FILE_POLICIES = ("skip", "error")
@@ -163,7 +163,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         stays, so per-epoch reloads (schedules whose phases switch between the two) keep persistent workers."""
         use_features = self._features_apply(split)
         kept = self._loaders.get(split)
-        if kept is not None and isinstance(kept.dataset, FeatureDataset) == use_features:
+        if kept is not None and isinstance(kept.dataset, features.FeatureDataset) == use_features:
             return kept
         dataset: Dataset = self._cached_features(split) if use_features else self.datasets[split]
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
@@ -189,16 +189,19 @@ class ClassificationDataModule(pl.LightningDataModule):
         return self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
 
     def _features_apply(self, split: str) -> bool:
-        """The cache serves train and val while the whole backbone is frozen, and train only without augmentation."""
+        """The cache serves train and val while the whole backbone is frozen (train only without augmentation),
+        on one device."""
         trainer = self.trainer
         if self.feature_cache is None or trainer is None or split not in ("train", "val"):
             return False
         if split == "train" and self.augment != "none":
             return False
+        if isinstance(trainer.strategy, ParallelStrategy):
+            return False  # DDP's gradient sync expects the backbone in every step's graph
         frozen = getattr(trainer.lightning_module, "backbone_frozen", None)
-        return frozen is not None and frozen(trainer.current_epoch)
+        return frozen is not None and frozen()
 
-    def _cached_features(self, split: str) -> FeatureDataset:
+    def _cached_features(self, split: str) -> features.FeatureDataset:
         module, trainer = self.trainer.lightning_module, self.trainer
         dataset = self.datasets[split]
         key = features.entry_key(
@@ -230,7 +233,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         )
         what = "reused" if hit else f"computed in {seconds:.1f}s"
         rank_zero_info(f"{split} features of the frozen backbone {what}: {len(values)} x {values.shape[1]}, {path}")
-        return FeatureDataset(values, dataset.labels)
+        return features.FeatureDataset(values, dataset.labels)
 
     def _make_splits(self, raw: dict[str, sources.Split]) -> dict[str, sources.Split]:
         """Stratified val/test splits where the source has none; the test split is cut first so that it stays

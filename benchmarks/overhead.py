@@ -1,0 +1,190 @@
+"""Framework overhead: per-epoch time of a transferlab run against a plain PyTorch loop doing the same work, and
+start-up time (process start to first training step) against importing torch, timm and Lightning alone.
+
+Epoch time: resnet18 (random init) fine-tuned on ../shared/data/hymenoptera at 224 px, light augmentation, batch
+32, 2 loader workers, fp32, AdamW, on the CPU. Both sides use the same datasets (transferlab's data module builds
+them) and DataLoader settings; each epoch trains, validates and saves a checkpoint (the plain loop: model and
+optimizer state; transferlab: its last and, when val/acc improves, best checkpoints). An epoch is measured from
+one epoch's start to the next (to the end of training for the last), so checkpointing and validation count.
+Rounds alternate plain and transferlab so that drift on a shared machine hits both; the first epoch of each
+run (worker start-up, allocator warm-up) is left out.
+
+Start-up: `transferlab-train` on digits with a tiny timm model reports the seconds from its process start to the
+first training step (summary.json timings.startup_s); the reference is `python -c "import torch, timm,
+pytorch_lightning"` (the `lightning` package is not installed here; pytorch_lightning is what transferlab uses).
+Usage:
+  python benchmarks/overhead.py [--shared ../shared/data] [--rounds 2] [--epochs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+from torch import nn
+from torch.utils.data import DataLoader
+
+from transferlab.cli import conf_dir, instantiate
+from transferlab.train import train
+
+EPOCH_STARTS: list[float] = []
+
+
+class EpochClock(pl.Callback):
+    """Wall clock at every epoch start and at the end of training."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        EPOCH_STARTS.append(time.perf_counter())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        EPOCH_STARTS.append(time.perf_counter())
+
+
+def config(shared: Path, epochs: int, out: Path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "backbone.name=resnet18",
+                "data=folder",
+                f"data.root={shared / 'hymenoptera'}",
+                "data.input_size=224",
+                "data.augment=light",
+                "data.batch_size=32",
+                "data.num_workers=2",
+                "data.feature_cache=null",
+                "lr_scheduler=constant",
+                "trainer.accelerator=cpu",
+                "trainer.devices=1",
+                "trainer.precision=32-true",
+                f"trainer.max_epochs={epochs}",
+                "logger=none",
+                "test=false",
+                f"paths.output_dir={out}",
+            ],
+        )
+    with open_dict(cfg):
+        cfg.callbacks.clock = {"_target_": f"{__name__}.EpochClock"}
+    return cfg
+
+
+def transferlab_epochs(cfg) -> list[float]:
+    EPOCH_STARTS.clear()
+    summary = train(cfg)
+    assert summary["status"] == "completed", summary.get("error")
+    return [b - a for a, b in zip(EPOCH_STARTS, EPOCH_STARTS[1:])]
+
+
+def plain_epochs(cfg, out: Path) -> list[float]:
+    """The loop a user would write by hand for the same run."""
+    torch.manual_seed(cfg.seed)
+    backbone = instantiate(cfg.backbone)  # the same timm model: resnet18 without its classifier
+    data = instantiate(cfg.data, data_config=backbone.data_config)
+    model = nn.Sequential(backbone.model, nn.Linear(backbone.num_features, data.num_classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
+    train_set, val_set = data.datasets["train"], data.datasets["val"]
+    batch, workers = cfg.data.batch_size, cfg.data.num_workers
+    loader_options = {"num_workers": workers, "persistent_workers": workers > 0}
+    train_loader = DataLoader(train_set, batch, shuffle=True, drop_last=len(train_set) % batch == 1, **loader_options)
+    val_loader = DataLoader(val_set, batch, **loader_options)
+    out.mkdir(parents=True, exist_ok=True)
+    times = []
+    for _ in range(cfg.trainer.max_epochs):
+        start = time.perf_counter()
+        model.train()
+        correct = seen = 0
+        for images, labels in train_loader:
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+        model.eval()
+        val_correct = val_loss = 0.0
+        with torch.no_grad():
+            for images, labels in val_loader:
+                logits = model(images)
+                val_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+                val_correct += int((logits.argmax(1) == labels).sum())
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, out / "last.pt")
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def startup(repeats: int, work: Path) -> tuple[float, float]:
+    env = {**os.environ, "TRANSFERLAB_CACHE_DIR": str(work / "cache")}
+    imports, starts = [], []
+    for i in range(repeats):
+        begin = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch, timm, pytorch_lightning"], check=True)
+        imports.append(time.perf_counter() - begin)
+        run_dir = work / f"startup{i}"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "transferlab.train",
+                "backbone.name=test_resnet",
+                "data.classes=[0,1,2]",
+                "trainer.max_epochs=1",
+                "trainer.accelerator=cpu",
+                "logger=none",
+                f"hydra.run.dir={run_dir}",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        starts.append(json.loads((run_dir / "summary.json").read_text())["timings"]["startup_s"])
+        print(f"  import {imports[-1]:.2f} s, transferlab-train to first step {starts[-1]:.2f} s")
+    return statistics.median(imports), statistics.median(starts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--startup-repeats", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="transferlab-overhead-"))
+
+    plain: list[float] = []
+    ours: list[float] = []
+    for r in range(args.rounds):
+        cfg = config(args.shared, args.epochs, work / f"transferlab{r}")
+        p = plain_epochs(cfg, work / f"plain{r}")
+        t = transferlab_epochs(cfg)
+        print(
+            f"round {r + 1}: plain {' '.join(f'{x:.2f}' for x in p)} s | transferlab {' '.join(f'{x:.2f}' for x in t)} s"
+        )
+        plain += p[1:]
+        ours += t[1:]
+    epoch_ratio = statistics.median(ours) / statistics.median(plain)
+    print(f"median epoch: plain {statistics.median(plain):.2f} s, transferlab {statistics.median(ours):.2f} s")
+
+    print("start-up:")
+    import_s, startup_s = startup(args.startup_repeats, work)
+    print(f"median: import {import_s:.2f} s, transferlab-train to first step {startup_s:.2f} s")
+    print(f"\nstart-up / import: {startup_s / import_s:.3f}")
+    print(f"epoch time transferlab / plain loop: {epoch_ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
