@@ -10,8 +10,9 @@ Rounds alternate plain and transferlab so that drift on a shared machine hits bo
 run (worker start-up, allocator warm-up) is left out.
 
 Start-up: `transferlab-train` on digits with a tiny timm model reports the seconds from its process start to the
-first training step (summary.json timings.startup_s); the reference is `python -c "import torch, timm,
-pytorch_lightning"` (the `lightning` package is not installed here; pytorch_lightning is what transferlab uses).
+first training step (summary.json timings.startup_s); the reference is a process that imports torch, timm and
+pytorch_lightning (the `lightning` package is not installed here; pytorch_lightning is what transferlab uses),
+timed from its start to the end of the imports on the same clock.
 Usage:
   python benchmarks/overhead.py [--shared ../shared/data] [--rounds 2] [--epochs 4]
 """
@@ -130,10 +131,13 @@ def plain_epochs(cfg, out: Path) -> list[float]:
 def startup(repeats: int, work: Path) -> tuple[float, float]:
     env = {**os.environ, "TRANSFERLAB_CACHE_DIR": str(work / "cache")}
     imports, starts = [], []
+    # Both from process start, on the same clock (/proc), so neither pays for interpreter exit.
+    reference = (
+        "import torch, timm, pytorch_lightning; from transferlab.callbacks import process_age_s; print(process_age_s())"
+    )
     for i in range(repeats):
-        begin = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import torch, timm, pytorch_lightning"], check=True)
-        imports.append(time.perf_counter() - begin)
+        done = subprocess.run([sys.executable, "-c", reference], check=True, capture_output=True, text=True)
+        imports.append(float(done.stdout.split()[-1]))
         run_dir = work / f"startup{i}"
         subprocess.run(
             [

@@ -296,3 +296,13 @@ def test_cache_images_decodes_once_and_gives_the_same_tensors(tmp_path):
             image, label = cached.datasets[split][i]
             assert torch.equal(image, plain.datasets[split][i][0]) and label == plain.datasets[split][i][1]
     assert plain._pin_memory() is False  # not attached to a CUDA trainer
+
+
+def test_digits_read_from_the_file_match_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    from transferlab.data.sources import _sklearn_digits
+
+    images, target = _sklearn_digits()
+    reference = load_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(target, reference.target)

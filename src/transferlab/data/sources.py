@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,17 +66,29 @@ def decoded(split: Split) -> Split:
 
 def load_digits(classes: Sequence[int] | None) -> tuple[Split, list[str]]:
     """scikit-learn's 1,797 8x8 handwritten digits as RGB uint8 arrays, keeping ``classes`` in their order."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    digits = sklearn_digits()
+    images, target = _sklearn_digits()
     classes = list(range(10)) if classes is None else list(classes)
-    keep = np.isin(digits.target, classes)
+    keep = np.isin(target, classes)
     # 0..16 intensities -> 0..255, replicated to 3 channels so every backbone sees an RGB image.
-    gray = np.round(digits.images[keep] * (255.0 / 16.0)).astype(np.uint8)
+    gray = np.round(images[keep] * (255.0 / 16.0)).astype(np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     remap = {digit: label for label, digit in enumerate(classes)}
-    labels = np.array([remap[d] for d in digits.target[keep]], dtype=np.int64)
+    labels = np.array([remap[d] for d in target[keep]], dtype=np.int64)
     return Split(list(rgb), labels), [str(d) for d in classes]
+
+
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(1797, 8, 8) images and their digits, read from the CSV file scikit-learn ships: importing
+    sklearn.datasets takes about 2 s, most of a run's start-up beyond torch and Lightning."""
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.origin).parent / "datasets/data/digits.csv.gz" if spec and spec.origin else None
+    if csv is not None and csv.is_file():
+        rows = np.loadtxt(csv, delimiter=",")
+        return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(int)
+    from sklearn.datasets import load_digits as sklearn_digits  # another layout: the public loader
+
+    digits = sklearn_digits()
+    return digits.images, digits.target
 
 
 # --- image folders ------------------------------------------------------------------------------------
