@@ -6,9 +6,13 @@
 set -euo pipefail
 cmd=$1; dir=$(mkdir -p "$2" && cd "$2" && pwd)
 if [ "$cmd" = stop ]; then
-  for pid in "$dir"/slurmd.pid "$dir"/slurmctld.pid "$dir"/munged.pid; do
-    [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+  pids=$(cat "$dir"/slurmd.pid "$dir"/slurmctld.pid "$dir"/munged.pid 2>/dev/null || true)
+  [ -n "$pids" ] && kill $pids 2>/dev/null
+  # Wait for them to go, so that a start right after finds the ports free.
+  for pid in $pids; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   done
+  [ "$(readlink /run/munge/munge.socket.2)" = "$dir/munge/munge.socket.2" ] && rm -f /run/munge/munge.socket.2
   exit 0
 fi
 mkdir -p "$dir/state" "$dir/spool" "$dir/munge"
@@ -47,14 +51,19 @@ CONF
 export SLURM_CONF="$dir/slurm.conf"
 munged --force --socket="$dir/munge/munge.socket.2" --pid-file="$dir/munged.pid" --log-file="$dir/munged.log" \
   --seed-file="$dir/munge/seed" 2>/dev/null || true
-# The slurm daemons and clients look for munge's socket at its default path.
+# The slurm daemons and clients look for munge's socket at its default path: point it at ours unless a live munged
+# answers there (a socket left by an earlier run, or a symlink to one, refuses connections and hangs slurm's start).
 mkdir -p /run/munge
-[ -S /run/munge/munge.socket.2 ] || ln -sf "$dir/munge/munge.socket.2" /run/munge/munge.socket.2
+munge -n -S /run/munge/munge.socket.2 >/dev/null 2>&1 || ln -sfn "$dir/munge/munge.socket.2" /run/munge/munge.socket.2
 slurmctld -f "$dir/slurm.conf"
 slurmd -f "$dir/slurm.conf"
-for _ in $(seq 60); do
-  if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then echo "slurm up: SLURM_CONF=$dir/slurm.conf"; exit 0; fi
+deadline=$((SECONDS + 60))
+while [ $SECONDS -lt $deadline ]; do
+  if timeout 5 sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
+    echo "slurm up: SLURM_CONF=$dir/slurm.conf"; exit 0
+  fi
   sleep 0.5
 done
-echo "slurm did not come up; see $dir/slurmctld.log and $dir/slurmd.log" >&2
+echo "slurm did not come up in 60 s; the end of $dir/slurmctld.log and $dir/slurmd.log:" >&2
+tail -n 5 "$dir/slurmctld.log" "$dir/slurmd.log" >&2
 exit 1

@@ -51,6 +51,36 @@ def _summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
+def _interrupted_trial(env: dict, sweep: Path, epochs: int, interrupt: list[str]) -> tuple[Path, str]:
+    """A one-trial SLURM sweep; once it has a checkpoint, run ``interrupt + [job id]``, let the requeued job start
+    and wait for it to finish. Returns the run folder and the job id."""
+    run = sweep / "0"
+    cli = subprocess.Popen(
+        [
+            BIN / "transferlab-train",
+            *TINY,
+            *LAUNCHER,
+            f"trainer.max_epochs={epochs}",
+            "test=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    deadline = time.time() + 180
+    while not (run / "checkpoints/last.ckpt").exists():
+        assert time.time() < deadline and cli.poll() is None, "the job wrote no checkpoint"
+        time.sleep(0.5)
+    job = _summary(run)["slurm_job_id"]
+    subprocess.run([*interrupt, job], check=True, env=env)
+    _start_when_requeued(job, env, cli)
+    output, _ = cli.communicate(timeout=300)
+    assert cli.returncode == 0, output[-3000:]
+    return run, job
+
+
 def test_two_trial_sweep_runs_as_slurm_jobs(slurm, tmp_path):
     sweep = tmp_path / "sweep"
     result = subprocess.run(
@@ -68,24 +98,7 @@ def test_two_trial_sweep_runs_as_slurm_jobs(slurm, tmp_path):
 
 
 def test_requeued_job_resumes_from_its_last_checkpoint(slurm, tmp_path):
-    sweep = tmp_path / "sweep"
-    run = sweep / "0"
-    cli = subprocess.Popen(
-        [BIN / "transferlab-train", *TINY, *LAUNCHER, "trainer.max_epochs=6", "test=false", f"hydra.sweep.dir={sweep}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=slurm,
-    )
-    deadline = time.time() + 180
-    while not (run / "checkpoints/last.ckpt").exists():
-        assert time.time() < deadline and cli.poll() is None, "the job wrote no checkpoint"
-        time.sleep(0.5)
-    job = _summary(run)["slurm_job_id"]
-    subprocess.run(["scontrol", "requeue", job], check=True, env=slurm)
-    _start_when_requeued(job, slurm, cli)
-    output, _ = cli.communicate(timeout=300)
-    assert cli.returncode == 0, output[-3000:]
+    run, job = _interrupted_trial(slurm, tmp_path / "sweep", epochs=6, interrupt=["scontrol", "requeue"])
     summary = _summary(run)
     assert summary["status"] == "completed" and summary["slurm_job_id"] == job
     assert summary["resumed_from"] == str(run / "checkpoints/last.ckpt")
@@ -125,24 +138,7 @@ def test_one_trial_as_two_tasks_with_ddp(slurm, tmp_path):
 def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     """SIGUSR1, as SLURM sends it signal_delay_s before the time limit: Lightning saves hpc_ckpt_1.ckpt and
     requeues the job itself; the job starts again in its folder and resumes from that checkpoint."""
-    sweep = tmp_path / "sweep"
-    run = sweep / "0"
-    cli = subprocess.Popen(
-        [BIN / "transferlab-train", *TINY, *LAUNCHER, "trainer.max_epochs=8", "test=false", f"hydra.sweep.dir={sweep}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=slurm,
-    )
-    deadline = time.time() + 180
-    while not (run / "checkpoints/last.ckpt").exists():
-        assert time.time() < deadline and cli.poll() is None, "the job wrote no checkpoint"
-        time.sleep(0.5)
-    job = _summary(run)["slurm_job_id"]
-    subprocess.run(["scancel", "--signal=USR1", job], check=True, env=slurm)
-    _start_when_requeued(job, slurm, cli)
-    output, _ = cli.communicate(timeout=300)
-    assert cli.returncode == 0, output[-3000:]
+    run, job = _interrupted_trial(slurm, tmp_path / "sweep", epochs=8, interrupt=["scancel", "--signal=USR1"])
     summary = _summary(run)
     assert summary["status"] == "completed" and summary["slurm_job_id"] == job
     assert summary["resumed_from"] == str(run / "hpc_ckpt_1.ckpt")
