@@ -6,6 +6,10 @@
 set -euo pipefail
 cmd=$1; dir=$(mkdir -p "$2" && cd "$2" && pwd)
 if [ "$cmd" = stop ]; then
+  # End the jobs first: a step whose slurmd is gone lingers as slurmstepd and srun processes.
+  export SLURM_CONF="$dir/slurm.conf"
+  timeout 5 scancel --full --user="$(id -un)" 2>/dev/null || true
+  for _ in $(seq 50); do [ -z "$(timeout 5 squeue -h 2>/dev/null)" ] && break; sleep 0.2; done
   pids=$(cat "$dir"/slurmd.pid "$dir"/slurmctld.pid "$dir"/munged.pid 2>/dev/null || true)
   [ -n "$pids" ] && kill $pids 2>/dev/null
   # Wait for them to go, so that a start right after finds the ports free.
