@@ -5,16 +5,18 @@ Epoch time: resnet18 (random init) fine-tuned on ../shared/data/hymenoptera at 2
 32, 2 loader workers, fp32, AdamW, on the CPU. Both sides use the same datasets (transferlab's data module builds
 them) and DataLoader settings; each epoch trains, validates and saves a checkpoint (the plain loop: model and
 optimizer state; transferlab: its last and, when val/acc improves, best checkpoints). An epoch is measured from
-one epoch's start to the next (to the end of training for the last), so checkpointing and validation count.
-Rounds alternate plain and transferlab so that drift on a shared machine hits both; the first epoch of each
-run (worker start-up, allocator warm-up) is left out.
+one epoch's start to the next (to the end of training for the last), so checkpointing and validation count, and
+split into the train loop, validation and the rest (checkpoints, callbacks). The first epoch of each run (worker
+start-up, allocator warm-up) is left out. Each round runs the plain loop and then transferlab, and its ratio is
+the sum of transferlab's epochs over the plain loop's; the figure is the median of the rounds' ratios, so that a
+shared machine's drift from round to round (seen here: +-15%) hits both sides of one ratio alike.
 
 Start-up: `transferlab-train` on digits with a tiny timm model reports the seconds from its process start to the
 first training step (summary.json timings.startup_s); the reference is a process that imports torch, timm and
 pytorch_lightning (the `lightning` package is not installed here; pytorch_lightning is what transferlab uses),
 timed from its start to the end of the imports on the same clock.
 Usage:
-  python benchmarks/overhead.py [--shared ../shared/data] [--rounds 2] [--epochs 4]
+  python benchmarks/overhead.py [--shared ../shared/data] [--rounds 4] [--epochs 3]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -41,17 +44,36 @@ from torch.utils.data import DataLoader
 from transferlab.cli import conf_dir, instantiate
 from transferlab.train import train
 
-EPOCH_STARTS: list[float] = []
+MARKS: list[tuple[str, float]] = []
 
 
 class EpochClock(pl.Callback):
-    """Wall clock at every epoch start and at the end of training."""
+    """Wall clock at every epoch start, validation start and end, and at the end of training."""
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        EPOCH_STARTS.append(time.perf_counter())
+        MARKS.append(("start", time.perf_counter()))
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        MARKS.append(("val_start", time.perf_counter()))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        MARKS.append(("val_end", time.perf_counter()))
 
     def on_train_end(self, trainer, pl_module) -> None:
-        EPOCH_STARTS.append(time.perf_counter())
+        MARKS.append(("start", time.perf_counter()))
+
+
+class Epoch(NamedTuple):
+    total: float
+    train: float  # the train loop: loading, forward, backward, optimizer steps
+    val: float
+
+    @property
+    def rest(self) -> float:  # checkpoints, callbacks, hooks
+        return self.total - self.train - self.val
+
+    def __str__(self) -> str:
+        return f"{self.total:.2f} ({self.train:.2f}+{self.val:.2f}+{self.rest:.2f})"
 
 
 def config(shared: Path, epochs: int, out: Path):
@@ -83,14 +105,21 @@ def config(shared: Path, epochs: int, out: Path):
     return cfg
 
 
-def transferlab_epochs(cfg) -> list[float]:
-    EPOCH_STARTS.clear()
+def transferlab_epochs(cfg) -> list[Epoch]:
+    MARKS.clear()
     summary = train(cfg)
     assert summary["status"] == "completed", summary.get("error")
-    return [b - a for a, b in zip(EPOCH_STARTS, EPOCH_STARTS[1:])]
+    times = dict.fromkeys(("start", "val_start", "val_end"))
+    epochs = []
+    for kind, t in MARKS:
+        if kind == "start" and times["start"] is not None:
+            train_end = times["val_start"]
+            epochs.append(Epoch(t - times["start"], train_end - times["start"], times["val_end"] - train_end))
+        times[kind] = t
+    return epochs
 
 
-def plain_epochs(cfg, out: Path) -> list[float]:
+def plain_epochs(cfg, out: Path) -> list[Epoch]:
     """The loop a user would write by hand for the same run."""
     torch.manual_seed(cfg.seed)
     backbone = instantiate(cfg.backbone)  # the same timm model: resnet18 without its classifier
@@ -116,6 +145,7 @@ def plain_epochs(cfg, out: Path) -> list[float]:
             optimizer.step()
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
+        train_end = time.perf_counter()
         model.eval()
         val_correct = val_loss = 0.0
         with torch.no_grad():
@@ -123,8 +153,9 @@ def plain_epochs(cfg, out: Path) -> list[float]:
                 logits = model(images)
                 val_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
                 val_correct += int((logits.argmax(1) == labels).sum())
+        val_end = time.perf_counter()
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, out / "last.pt")
-        times.append(time.perf_counter() - start)
+        times.append(Epoch(time.perf_counter() - start, train_end - start, val_end - train_end))
     return times
 
 
@@ -163,25 +194,31 @@ def startup(repeats: int, work: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--startup-repeats", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="transferlab-overhead-"))
 
-    plain: list[float] = []
-    ours: list[float] = []
+    print("epoch seconds: total (train loop + validation + rest)")
+    plain: list[Epoch] = []
+    ours: list[Epoch] = []
+    ratios = []
     for r in range(args.rounds):
         cfg = config(args.shared, args.epochs, work / f"transferlab{r}")
-        p = plain_epochs(cfg, work / f"plain{r}")
-        t = transferlab_epochs(cfg)
+        p = plain_epochs(cfg, work / f"plain{r}")[1:]
+        t = transferlab_epochs(cfg)[1:]
+        ratios.append(sum(e.total for e in t) / sum(e.total for e in p))
+        print(f"round {r + 1}: plain {' '.join(map(str, p))} | transferlab {' '.join(map(str, t))} | {ratios[-1]:.3f}")
+        plain += p
+        ours += t
+    for name, epochs in (("plain", plain), ("transferlab", ours)):
+        parts = [statistics.median(getattr(e, part) for e in epochs) for part in ("total", "train", "val", "rest")]
         print(
-            f"round {r + 1}: plain {' '.join(f'{x:.2f}' for x in p)} s | transferlab {' '.join(f'{x:.2f}' for x in t)} s"
+            f"median {name} epoch: {parts[0]:.2f} s (train loop {parts[1]:.2f}, val {parts[2]:.2f}, rest {parts[3]:.2f})"
         )
-        plain += p[1:]
-        ours += t[1:]
-    epoch_ratio = statistics.median(ours) / statistics.median(plain)
-    print(f"median epoch: plain {statistics.median(plain):.2f} s, transferlab {statistics.median(ours):.2f} s")
+    epoch_ratio = statistics.median(ratios)
+    print(f"round ratios: {' '.join(f'{x:.3f}' for x in ratios)}")
 
     print("start-up:")
     import_s, startup_s = startup(args.startup_repeats, work)
