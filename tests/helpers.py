@@ -52,3 +52,15 @@ class CheckGradsAtPhaseStart(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         pending = [n for n, p in pl_module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
         assert not pending, f"gradients carried into epoch {trainer.current_epoch}: {pending[:3]}"
+
+
+class SlowEpochs(pl.Callback):
+    """Sleeps ``seconds`` after every training epoch: a tiny run lasts long enough for a test to interrupt it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        import time
+
+        time.sleep(self.seconds)

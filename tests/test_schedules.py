@@ -153,13 +153,13 @@ def test_gradual_unfreezing_trains_each_group_from_its_epoch(make_cfg, tmp_path)
     assert torch.equal(epochs[2][STEM], initial[STEM])
 
 
-def test_resume_after_a_phase_change_matches_an_uninterrupted_run(make_cfg, tmp_path):
+@pytest.mark.parametrize("killed_after", [0, 1], ids=["last-probe-epoch", "first-fine-tune-epoch"])
+def test_resume_after_a_phase_change_matches_an_uninterrupted_run(make_cfg, tmp_path, killed_after):
     common = ["schedule=lp_ft", "schedule.probe_epochs=1", "trainer.max_epochs=3", "test=false"]
     straight = train(make_cfg(*common, run="straight"))
-    # Killed after epoch 1, the first epoch of the fine-tuning phase, then resumed from last in its folder.
-    train(
-        make_cfg(*common, "+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=1", run="resumed")
-    )
+    # Killed after an epoch (just before the phase change, or just after it), then resumed from last in its folder.
+    stop = ["+callbacks.stop._target_=helpers.StopAfterEpoch", f"+callbacks.stop.epoch={killed_after}"]
+    train(make_cfg(*common, *stop, run="resumed"))
     resumed = train(make_cfg(*common, "ckpt_path=last", run="resumed"))
     assert resumed["phases"] == straight["phases"] and len(resumed["phases"]) == 2
     a = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)

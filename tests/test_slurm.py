@@ -62,6 +62,9 @@ def _interrupted_trial(env: dict, sweep: Path, epochs: int, interrupt: list[str]
             *LAUNCHER,
             f"trainer.max_epochs={epochs}",
             "test=false",
+            # Tiny epochs take half a second: keep the job running until the interrupt has landed.
+            "+callbacks.slow._target_=helpers.SlowEpochs",
+            "+callbacks.slow.seconds=1",
             f"hydra.sweep.dir={sweep}",
         ],
         stdout=subprocess.PIPE,

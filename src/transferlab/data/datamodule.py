@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from transferlab import features
 from transferlab.data import sources
@@ -168,10 +170,12 @@ class ClassificationDataModule(pl.LightningDataModule):
         dataset: Dataset = self._cached_features(split) if use_features else self.datasets[split]
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         workers = 0 if use_features else self.num_workers  # reading a memory map needs no worker processes
+        sampler = EpochShuffle(dataset) if shuffle else None
         loader = DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            generator=sampler.generator if sampler else None,  # worker seeds too
             # A last training batch of one image breaks BatchNorm ("more than 1 value per channel"): drop it.
             drop_last=split == "train" and len(dataset) % batch_size == 1,
             num_workers=workers,
@@ -322,3 +326,25 @@ def _check_digit_classes(classes: list[int] | None) -> list[int] | None:
     if len(classes) < 2:
         raise ConfigError(f"{shown}: a classifier needs at least 2 digits, e.g. data.classes=[0,1]")
     return list(classes)
+
+
+class EpochShuffle(RandomSampler):
+    """A shuffle drawn from the run's seed and the epoch alone, as DistributedSampler's: a run resumed at epoch k
+    sees the order that the uninterrupted run saw, and draws nothing from the global RNG (dropout, augmentation).
+    Lightning calls ``set_epoch`` at every epoch start; under DDP it swaps this for a DistributedSampler seeded
+    alike."""
+
+    def __init__(self, data_source):
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by pl.seed_everything (cfg.seed)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.generator.manual_seed(self.seed + epoch)
+
+    def __iter__(self):
+        # Seeded again where the order is drawn: every iterator created draws a worker seed from this generator
+        # first, and Lightning creates one more in an epoch where it reloads the loaders (a phase switch).
+        self.generator.manual_seed(self.seed + self.epoch)
+        yield from super().__iter__()
