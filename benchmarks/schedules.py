@@ -78,8 +78,9 @@ def settings(shared: Path, source_ckpt: Path) -> dict[str, list[str]]:
 def run(overrides: list[str], out: Path) -> dict:
     """One run into ``out``; a run that completed there before is read back, so an interrupted benchmark goes on."""
     summary = out / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text())["status"] == "completed":
-        return json.loads(summary.read_text())
+    done = json.loads(summary.read_text()) if summary.is_file() else None
+    if done and done["status"] == "completed":
+        return done
     GlobalHydra.instance().clear()
     with initialize_config_dir(conf_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[*COMMON, *overrides, f"paths.output_dir={out}"])

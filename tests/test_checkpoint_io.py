@@ -5,13 +5,12 @@ import torch
 
 from transferlab.checkpoint_io import LocalCheckpointIO
 from transferlab.cli import instantiate
-from transferlab.train import train
+from transferlab.train import train, trainer_config
 
 
 def test_configured_trainer_saves_through_it_and_a_run_resumes(make_cfg):
     cfg = make_cfg()
-    trainer_cfg = {k: v for k, v in cfg.trainer.items() if k not in ("compile", "channels_last")}
-    assert isinstance(instantiate(trainer_cfg).strategy.checkpoint_io, LocalCheckpointIO)
+    assert isinstance(instantiate(trainer_config(cfg)).strategy.checkpoint_io, LocalCheckpointIO)
 
     first = train(cfg)
     last = first["checkpoints"]["last"]

@@ -152,8 +152,8 @@ class TransferModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # A data module may serve cached features while the backbone is frozen: reload its loaders where the next
-        # epoch switches between features and images, and only there (a reload draws from the RNG, so reloading
-        # every epoch would make a resumed run differ from an uninterrupted one).
+        # epoch switches between features and images, and only there (elsewhere it would hand back the loaders
+        # already in use).
         switch = self.backbone_frozen(self.current_epoch + 1) != self.backbone_frozen(self.current_epoch)
         self.trainer.reload_dataloaders_every_n_epochs = int(switch)
 

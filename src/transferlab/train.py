@@ -71,8 +71,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     tty = sys.stderr.isatty()
     callbacks = [c for c in callbacks if _wanted(c, loggers, tty)] + [history]
-    trainer_cfg = {k: v for k, v in cfg.trainer.items() if k not in ("compile", "channels_last")}
-    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, enable_progress_bar=tty)
+    trainer = instantiate(trainer_config(cfg), callbacks=callbacks, logger=loggers or False, enable_progress_bar=tty)
     failed = True
     try:
         out = _fit_and_test(cfg, run_dir, trainer, module, datamodule, backbone, history, loggers)
@@ -80,6 +79,11 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return out
     finally:
         finish_loggers(loggers, failed)
+
+
+def trainer_config(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.trainer`` as the Trainer takes it: without transferlab's own options (compile, channels_last)."""
+    return {k: v for k, v in cfg.trainer.items() if k not in ("compile", "channels_last")}
 
 
 def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, backbone, history, loggers) -> dict[str, Any]:
