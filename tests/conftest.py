@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from transferlab.cli import conf_dir
 
 SHARED_ENV = "TRANSFERLAB_SHARED_DATA"
+BIN = Path(sys.executable).parent  # the console scripts of this environment
 # A run small enough for a unit test: a 0.4M-parameter timm test model, 3 digit classes at 32 px, one epoch.
 TINY = [
     "backbone.name=test_resnet",
@@ -64,3 +67,9 @@ def trained_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     train(compose_config(*TINY, "backbone.name=test_convnext", "trainer.max_epochs=2", f"paths.output_dir={run_dir}"))
     return run_dir
+
+
+def run_cli(command: str, *args, **kwargs) -> subprocess.CompletedProcess:
+    """Run a console script of this environment (transferlab-train, -eval, -predict, -report) with ``args``;
+    the result has its exit code and its stdout and stderr as text."""
+    return subprocess.run([BIN / command, *map(str, args)], capture_output=True, text=True, **kwargs)

@@ -1,7 +1,5 @@
 """Every config group composes; the CLI prints configs and help; the composed config is validated."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +9,9 @@ from transferlab.cli import check_group_choices, conf_dir
 from transferlab.config import validate
 from transferlab.errors import ConfigError
 
-from conftest import compose_config
+from conftest import compose_config, run_cli
 
 CONF = Path(conf_dir())
-BIN = Path(sys.executable).parent
 # Options that need a value the user must give.
 REQUIRED = {
     "backbone/custom": ["backbone.model._target_=cifar_resnet.resnet20"],
@@ -113,24 +110,15 @@ def test_unknown_group_option_is_one_line():
 
 
 def test_cli_prints_config_and_help():
-    job = subprocess.run(
-        [BIN / "transferlab-train", "--cfg", "job", "backbone.name=convnext_atto"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    job = run_cli("transferlab-train", "--cfg", "job", "backbone.name=convnext_atto", check=True)
     assert "name: convnext_atto" in job.stdout and "_target_: transferlab.backbones.create_backbone" in job.stdout
-    help_text = subprocess.run([BIN / "transferlab-train", "--help"], capture_output=True, text=True, check=True).stdout
+    help_text = run_cli("transferlab-train", "--help", check=True).stdout
     for group in ("backbone", "head", "data", "schedule", "optimizer", "trainer", "experiment"):
         assert f"{group}:" in help_text
 
 
 def test_cli_unknown_option_exits_with_one_line(tmp_path):
-    result = subprocess.run(
-        [BIN / "transferlab-train", "head=conv", f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True,
-        text=True,
-    )
+    result = run_cli("transferlab-train", "head=conv", f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: head=conv: unknown option; choose one of linear, mlp"]
     assert not (tmp_path / "run").exists()

@@ -3,8 +3,6 @@
 import csv
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +16,7 @@ from transferlab.eval import evaluate
 from transferlab.module import load_module
 from transferlab.predict import predict
 
-from conftest import compose_config
-
-BIN = Path(sys.executable).parent
+from conftest import compose_config, run_cli
 
 
 def _eval_cfg(trained_run: Path, out: Path, *overrides: str):
@@ -148,10 +144,8 @@ def test_predict_errors(trained_run, tmp_path):
 def test_cli_eval_and_predict(trained_run, tmp_path):
     _digit_pngs(tmp_path / "images", count=4)
     ckpt = trained_run / "checkpoints/best.ckpt"
-    result = subprocess.run(
-        [BIN / "transferlab-eval", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/eval", "trainer.accelerator=cpu"],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "transferlab-eval", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/eval", "trainer.accelerator=cpu"
     )
     assert result.returncode == 0, result.stderr[-2000:]
     last = result.stdout.strip().splitlines()[-1]
@@ -160,15 +154,11 @@ def test_cli_eval_and_predict(trained_run, tmp_path):
     assert summary["status"] == "completed" and summary["overrides"][0] == f"ckpt_path={ckpt}"
     assert (tmp_path / "eval/confusion.png").is_file()
 
-    result = subprocess.run(
-        [
-            BIN / "transferlab-predict",
-            f"ckpt_path={tmp_path}/missing.ckpt",
-            f"input_dir={tmp_path}/images",
-            f"hydra.run.dir={tmp_path}/predict",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "transferlab-predict",
+        f"ckpt_path={tmp_path}/missing.ckpt",
+        f"input_dir={tmp_path}/images",
+        f"hydra.run.dir={tmp_path}/predict",
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

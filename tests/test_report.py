@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +13,9 @@ import pytest
 from transferlab.report import load_trials, main, write_report
 from transferlab.run_folder import write_metrics, write_summary
 
+from conftest import run_cli
+
 CHROMIUM = Path("/usr/bin/chromium")
-SCRIPT = Path(sys.executable).parent / "transferlab-report"
 SWEEP_ARGS = [
     "schedule=freeze_depth",
     "optimizer.lr=0.001,0.01,0.1",
@@ -231,16 +230,14 @@ def test_html_page_in_a_headless_browser(sweep, tmp_path):
 
 
 def test_cli(sweep, tmp_path):
-    result = subprocess.run(
-        [SCRIPT, sweep, "--x", "schedule.freeze_depth", "--y", "optimizer.lr"], capture_output=True, text=True
-    )
+    result = run_cli("transferlab-report", sweep, "--x", "schedule.freeze_depth", "--y", "optimizer.lr")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith("| 5 |")
     assert (sweep / "report.html").is_file()
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = subprocess.run([SCRIPT, empty], capture_output=True, text=True)
+    result = run_cli("transferlab-report", empty)
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         f"transferlab-report: error: {empty}: no trials: no job folders and no multirun.yaml"

@@ -4,8 +4,6 @@ import csv
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,8 @@ from transferlab.layer_groups import LayerGroup
 from transferlab.schedules import Phase, Schedule, preset
 from transferlab.train import train
 
-from conftest import TINY
+from conftest import TINY, run_cli
 
-BIN = Path(sys.executable).parent
 GROUPS = [LayerGroup(f"g{i}", (f"g{i}.w",)) for i in range(5)]  # test_resnet has 5: stem, layer1..layer4
 STEM, LAYER3, LAYER4 = "backbone.conv1.0.weight", "backbone.layer3.0.conv1.weight", "backbone.layer4.0.conv1.weight"
 
@@ -224,21 +221,17 @@ def test_torch_compile_trains_newly_unfrozen_layers(make_cfg, tmp_path):
 def test_ddp_two_processes_train_newly_unfrozen_layers_in_step(tmp_path):
     weights = tmp_path / "weights"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    result = subprocess.run(
-        [
-            BIN / "transferlab-train",
-            *TINY,
-            "schedule=gradual",
-            "trainer.max_epochs=2",
-            "trainer.strategy=ddp",
-            "trainer.devices=2",
-            "test=false",
-            "+callbacks.save._target_=helpers.SaveEpochWeights",
-            f"+callbacks.save.dirpath={weights}",
-            f"hydra.run.dir={tmp_path}/run",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "transferlab-train",
+        *TINY,
+        "schedule=gradual",
+        "trainer.max_epochs=2",
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "test=false",
+        "+callbacks.save._target_=helpers.SaveEpochWeights",
+        f"+callbacks.save.dirpath={weights}",
+        f"hydra.run.dir={tmp_path}/run",
         env=env,
         timeout=300,
     )

@@ -7,16 +7,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import BIN, TINY, run_cli
 
-BIN = Path(sys.executable).parent
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts/slurm_local.sh"
 pytestmark = pytest.mark.skipif(
     not (shutil.which("slurmctld") and shutil.which("munged")) or os.geteuid() != 0,
@@ -86,10 +84,12 @@ def _interrupted_trial(env: dict, sweep: Path, epochs: int, interrupt: list[str]
 
 def test_two_trial_sweep_runs_as_slurm_jobs(slurm, tmp_path):
     sweep = tmp_path / "sweep"
-    result = subprocess.run(
-        [BIN / "transferlab-train", *TINY, *LAUNCHER, "optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "transferlab-train",
+        *TINY,
+        *LAUNCHER,
+        "optimizer.lr=1e-3,2e-3",
+        f"hydra.sweep.dir={sweep}",
         env=slurm,
         timeout=300,
     )
@@ -111,21 +111,17 @@ def test_requeued_job_resumes_from_its_last_checkpoint(slurm, tmp_path):
 
 def test_one_trial_as_two_tasks_with_ddp(slurm, tmp_path):
     sweep, weights = tmp_path / "sweep", tmp_path / "weights"
-    result = subprocess.run(
-        [
-            BIN / "transferlab-train",
-            *TINY,
-            *LAUNCHER,
-            "hydra.launcher.tasks_per_node=2",
-            "trainer.strategy=ddp",
-            "schedule=gradual",
-            "trainer.max_epochs=2",
-            "+callbacks.save._target_=helpers.SaveEpochWeights",
-            f"+callbacks.save.dirpath={weights}",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "transferlab-train",
+        *TINY,
+        *LAUNCHER,
+        "hydra.launcher.tasks_per_node=2",
+        "trainer.strategy=ddp",
+        "schedule=gradual",
+        "trainer.max_epochs=2",
+        "+callbacks.save._target_=helpers.SaveEpochWeights",
+        f"+callbacks.save.dirpath={weights}",
+        f"hydra.sweep.dir={sweep}",
         env=slurm,
         timeout=300,
     )

@@ -1,25 +1,16 @@
 """Sweep presets through the real Hydra sweepers and launchers: a grid, Optuna, parallel joblib trials."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from conftest import TINY
-
-BIN = Path(sys.executable).parent
+from conftest import TINY, run_cli
 
 
 def _sweep(tmp_path: Path, *overrides: str) -> dict[str, dict]:
     sweep = tmp_path / "sweep"
-    result = subprocess.run(
-        [BIN / "transferlab-train", *TINY, "test=false", *overrides, f"hydra.sweep.dir={sweep}"],
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    result = run_cli("transferlab-train", *TINY, "test=false", *overrides, f"hydra.sweep.dir={sweep}", timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
 

@@ -3,8 +3,6 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +11,7 @@ import torch
 from transferlab.errors import ConfigError
 from transferlab.train import train
 
-from conftest import TINY
-
-BIN = Path(sys.executable).parent
+from conftest import TINY, run_cli
 
 
 def _state(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -156,16 +152,12 @@ def test_weights_that_do_not_fit_say_how_many_keys_matched(make_cfg, tmp_path):
 
 def test_cli_errors_are_one_line_with_exit_2(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the hub download path, failing fast as it does offline
-    result = subprocess.run(
-        [
-            BIN / "transferlab-train",
-            *TINY,
-            "backbone.name=resnet18",
-            "backbone.pretrained=true",
-            f"hydra.run.dir={tmp_path}/run",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "transferlab-train",
+        *TINY,
+        "backbone.name=resnet18",
+        "backbone.pretrained=true",
+        f"hydra.run.dir={tmp_path}/run",
         env=env,
     )
     assert result.returncode == 2, result.stderr
@@ -177,18 +169,14 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
 
 def test_multirun_grid_goes_on_past_a_failed_job(tmp_path):
     sweep = tmp_path / "sweep"
-    result = subprocess.run(
-        [
-            BIN / "transferlab-train",
-            "-m",
-            *TINY,
-            "test=false",
-            "optimizer.lr=1e-4,1e-3",
-            "schedule.freeze_depth=0,2,9",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "transferlab-train",
+        "-m",
+        *TINY,
+        "test=false",
+        "optimizer.lr=1e-4,1e-3",
+        "schedule.freeze_depth=0,2,9",
+        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}

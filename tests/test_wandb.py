@@ -3,17 +3,13 @@
 import json
 import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from transferlab.loggers import wandb_offline
 
-from conftest import TINY
-
-BIN = Path(sys.executable).parent
+from conftest import TINY, run_cli
 
 
 def read_records(path: Path):
@@ -78,17 +74,13 @@ def test_sweep_is_one_wandb_group_with_config_summary_and_images(tmp_path):
     sweep = tmp_path / "sweep"
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
     env["HOME"] = str(tmp_path)  # no credentials: offline by itself
-    result = subprocess.run(
-        [
-            BIN / "transferlab-train",
-            "-m",
-            *TINY,
-            "logger=[csv,wandb]",
-            "optimizer.lr=1e-3,2e-3",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "transferlab-train",
+        "-m",
+        *TINY,
+        "logger=[csv,wandb]",
+        "optimizer.lr=1e-3,2e-3",
+        f"hydra.sweep.dir={sweep}",
         env=env,
         timeout=300,
     )

@@ -10,20 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from transferlab.data.transforms import DEFAULT_DATA_CONFIG
 from transferlab.errors import ConfigError
 from transferlab.layer_groups import LayerGroup
 from transferlab.layer_groups import layer_groups as layer_groups_of
 
 log = logging.getLogger(__name__)
 
-# Used for custom backbones unless their config says otherwise (timm's ImageNet defaults).
-DEFAULT_DATA_CONFIG = {
-    "input_size": (3, 224, 224),
-    "interpolation": "bilinear",
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-    "crop_pct": 0.875,
-}
 # The old classifier's names in timm models and checkpoints from the wild; dropped when loading weights.
 CLASSIFIER_NAMES = ("fc", "head", "classifier", "linear", "last_linear", "head.fc")
 
@@ -60,6 +53,10 @@ def create_backbone(
     """
     if (name is None) == (model is None):
         raise ConfigError("backbone: give exactly one of backbone.name (a timm model) or backbone.model._target_")
+    from transferlab.weights import load_weights, weights_file
+
+    if weights:
+        weights_file(weights)  # a missing file fails before a model is built
     if model is None:
         model = _create_timm_model(name, pretrained, model_kwargs or {})
         resolved = _timm_data_config(model)
@@ -76,8 +73,6 @@ def create_backbone(
 
     report = None
     if weights:
-        from transferlab.weights import load_weights
-
         classifier = [name for name in CLASSIFIER_NAMES if not _has_submodule(model, name)]
         result = load_weights(
             model, weights, key=weights_key, prefix=weights_prefix, strict=strict, classifier=classifier

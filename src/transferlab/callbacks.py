@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from transferlab.run_folder import write_metrics
@@ -90,6 +93,26 @@ class EpochHistory(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict["history"])
+
+
+class RngState(pl.Callback):
+    """Saves the global RNG states (torch, NumPy, Python) in every checkpoint and restores them on resume, so that
+    a resumed run draws what the uninterrupted run draws (dropout, augmentation)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        # Tensors, tuples and ints only: checkpoints must load with torch.load(weights_only=True).
+        np_state = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": (torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        key, *rest = state_dict["numpy"]
+        np.random.set_state(("MT19937", key.numpy().astype(np.uint32), *rest))
+        random.setstate(state_dict["python"])
 
 
 def _rate(images: int, seconds: float) -> float | None:

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import ConfigError
 
-PRECISIONS = {
-    "32",
+# Lightning's precision values (its short aliases 32, 64, 16, bf16 included).
+PRECISIONS = (
     "32-true",
-    "64",
-    "64-true",
     "bf16-mixed",
     "16-mixed",
     "bf16-true",
     "16-true",
+    "64-true",
     "transformer-engine",
-}
+    "32",
+    "64",
+    "16",
+    "bf16",
+)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -28,18 +29,27 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"{missing[0]} is required; set {missing[0]}=... on the command line or in a config")
 
     _positive(cfg, "optimizer.lr", example="1e-3")
-    _positive(cfg, "schedule.backbone_lr_mult", example="0.1")
-    _positive(cfg, "data.batch_size", example="32", integer=True)
     _positive(cfg, "trainer.max_epochs", example="10", integer=True)
     _positive(cfg, "trainer.accumulate_grad_batches", example="1", integer=True)
-
-    depth = OmegaConf.select(cfg, "schedule.freeze_depth")
-    if depth != "all" and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
-        raise ConfigError(f"schedule.freeze_depth={depth}: use a whole number of layer groups >= 0, or all")
-
     precision = str(OmegaConf.select(cfg, "trainer.precision"))
     if precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={precision}: choose one of 32-true, bf16-mixed, 16-mixed")
+        raise ConfigError(f"trainer.precision={precision}: choose one of {', '.join(PRECISIONS)}")
+
+    # The options of transferlab's own parts, checked by the code that owns them, before anything is built.
+    from transferlab.data.options import check_options as check_data
+    from transferlab.run_folder import checkpoint_file
+    from transferlab.schedules import check_options as check_schedule
+    from transferlab.weights import weights_file
+
+    if OmegaConf.select(cfg, "schedule._target_") == "transferlab.schedules.preset":
+        check_schedule(OmegaConf.to_container(cfg.schedule, resolve=True))
+    if OmegaConf.select(cfg, "data._target_") == "transferlab.data.ClassificationDataModule":
+        check_data(OmegaConf.to_container(cfg.data, resolve=True))
+    if OmegaConf.select(cfg, "backbone.weights"):
+        weights_file(cfg.backbone.weights)
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and ckpt != "last":
+        checkpoint_file(ckpt, "give a checkpoint file, last, or null")
 
     if cfg.get("monitor_mode") not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.get('monitor_mode')}: use min or max")
@@ -47,14 +57,6 @@ def validate(cfg: DictConfig) -> None:
     smoothing = cfg.get("label_smoothing", 0.0)
     if not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
         raise ConfigError(f"label_smoothing={smoothing}: use a number in [0, 1)")
-
-    weights = OmegaConf.select(cfg, "backbone.weights")
-    if weights and not Path(weights).is_file():
-        raise ConfigError(f"backbone.weights={weights}: file not found; give an existing file or backbone.weights=null")
-
-    ckpt = cfg.get("ckpt_path")
-    if ckpt and ckpt != "last" and not Path(ckpt).is_file():
-        raise ConfigError(f"ckpt_path={ckpt}: file not found; give a checkpoint file, last, or null")
 
 
 def _positive(cfg: DictConfig, key: str, example: str, integer: bool = False) -> None:

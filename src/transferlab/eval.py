@@ -15,7 +15,6 @@ from transferlab.errors import ConfigError
 from transferlab.run_folder import recorded
 
 log = logging.getLogger("transferlab")
-SPLITS = ("train", "val", "test")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -44,22 +43,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def check_ckpt_path(cfg: DictConfig, command: str) -> str:
-    """The checkpoint file ``cfg.ckpt_path`` names, or a one-line ConfigError naming ``ckpt_path``."""
-    example = "ckpt_path=outputs/train/<run>/checkpoints/best.ckpt"
-    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
-        raise ConfigError(f"ckpt_path is required: {command} {example}")
-    path = Path(str(cfg.ckpt_path)).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: file not found; give a checkpoint file, e.g. {example}")
-    return str(path)
-
-
 def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from transferlab.data.sources import SPLITS
+    from transferlab.inference import checkpoint_path, inference_trainer
+
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split}: choose one of {', '.join(SPLITS)}")
-    ckpt_path = check_ckpt_path(cfg, "transferlab-eval")
-    import pytorch_lightning as pl
+    ckpt_path = checkpoint_path(cfg, "transferlab-eval")
     from torch.utils.data import DataLoader
 
     from transferlab.module import load_module
@@ -98,15 +88,7 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         pin_memory=bool(datamodule.pin_memory),
     )
 
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer = pl.Trainer(
-        **trainer_kwargs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(run_dir),
-    )
+    trainer = inference_trainer(cfg.trainer, run_dir)
     # test_step is the same for any split: it updates the metrics and the confusion matrix.
     results = trainer.test(module, dataloaders=loader, verbose=False)[0]
     if trainer.is_global_zero:

@@ -14,6 +14,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -66,6 +67,25 @@ def load_or_compute(path: Path, compute: Callable[[Path], None]) -> tuple[np.nda
     return np.load(path, mmap_mode="r"), hit
 
 
+def split_features(
+    folder: Path, split: str, dataset, backbone: nn.Module, num_features: int, loader, device, autocast, precision: str
+) -> tuple[np.ndarray, bool, Path]:
+    """The cached features of ``dataset`` (a split's ``LabeledImages``; ``loader`` iterates it in order), computed
+    with ``backbone`` on ``device`` under ``autocast`` where missing: (features, whether cached, entry file)."""
+    key = entry_key(
+        backbone_fingerprint(backbone),
+        images_fingerprint(dataset.items, dataset.labels),
+        split,
+        repr(dataset.transform),
+        precision,
+    )
+    path = folder / f"{key}.npy"
+    values, hit = load_or_compute(
+        path, lambda tmp: write_features(tmp, backbone, num_features, loader, device, autocast)
+    )
+    return values, hit, path
+
+
 @torch.inference_mode()
 def write_features(
     tmp: Path, backbone: nn.Module, num_features: int, loader, device: torch.device, autocast: Callable
@@ -89,8 +109,16 @@ def write_features(
     del out
 
 
+class FeatureBatch(NamedTuple):
+    """A batch (or, before collation, one item) of cached features: the training module sends it to the head only.
+    DataLoader's collation and Lightning's device transfer keep the type."""
+
+    features: torch.Tensor
+    target: torch.Tensor | int
+
+
 class FeatureDataset(Dataset):
-    """(feature vector, label) pairs from a cached entry; the training module sends 2-D batches to the head only."""
+    """:class:`FeatureBatch` items of a cached entry."""
 
     def __init__(self, features: np.ndarray, labels: np.ndarray):
         self.features, self.labels = features, labels
@@ -98,5 +126,5 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int):
-        return torch.from_numpy(self.features[index].astype(np.float32)), int(self.labels[index])
+    def __getitem__(self, index: int) -> FeatureBatch:
+        return FeatureBatch(torch.from_numpy(self.features[index].astype(np.float32)), int(self.labels[index]))

@@ -11,12 +11,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.cli import cli_main, conf_dir, run_task
+from transferlab.data.sources import BAD_FILE_POLICIES
 from transferlab.errors import ConfigError
-from transferlab.eval import check_ckpt_path
+from transferlab.inference import checkpoint_path, image_paths, inference_trainer
 from transferlab.run_folder import write_atomic
 
 log = logging.getLogger("transferlab")
-BAD_FILE_POLICIES = ("skip", "error")
 COLUMNS = ("path", "class", "probability")
 
 
@@ -28,11 +28,12 @@ def predict(cfg: DictConfig) -> Path:
     """
     if cfg.bad_files not in BAD_FILE_POLICIES:
         raise ConfigError(f"bad_files={cfg.bad_files}: choose one of {', '.join(BAD_FILE_POLICIES)}")
-    ckpt_path = check_ckpt_path(cfg, "transferlab-predict")
-    paths = _image_paths(cfg)
+    ckpt_path = checkpoint_path(cfg, "transferlab-predict")
+    if OmegaConf.is_missing(cfg, "input_dir") or not cfg.input_dir:
+        raise ConfigError("input_dir is required: transferlab-predict ckpt_path=... input_dir=PATH/TO/IMAGES")
+    paths = image_paths(cfg.input_dir, cfg.bad_files, cfg.paths.output_dir)
 
     import numpy as np
-    import pytorch_lightning as pl
     import torch
     from torch.utils.data import DataLoader
 
@@ -45,14 +46,7 @@ def predict(cfg: DictConfig) -> Path:
     # LabeledImages loads each file as RGB (palette GIFs too) as training did; the labels are placeholders.
     images = LabeledImages(Split(paths, np.zeros(len(paths), dtype=np.int64)), transform)
     loader = DataLoader(images, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers))
-    trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(cfg.paths.output_dir),
-    )
+    trainer = inference_trainer(cfg.trainer, cfg.paths.output_dir)
     probs = torch.cat([p.float().cpu() for p in trainer.predict(module, dataloaders=loader)])
 
     top_prob, top_class = probs.max(dim=1)
@@ -65,39 +59,6 @@ def predict(cfg: DictConfig) -> Path:
     write_atomic(output, buffer.getvalue())
     print(f"predicted {len(paths)} images -> {output}")
     return output
-
-
-def _image_paths(cfg: DictConfig) -> list[Path]:
-    """The readable image files under ``cfg.input_dir``, sorted; unreadable ones per ``cfg.bad_files``."""
-    from transferlab.data.sources import IMG_EXTENSIONS, _image_files, find_unreadable
-
-    if OmegaConf.is_missing(cfg, "input_dir") or not cfg.input_dir:
-        raise ConfigError("input_dir is required: transferlab-predict ckpt_path=... input_dir=PATH/TO/IMAGES")
-    root = Path(str(cfg.input_dir)).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"input_dir={cfg.input_dir}: folder not found; give a folder of images")
-    paths = _image_files(root)
-    bad = find_unreadable(paths)
-    if bad:
-        first, reason = next(iter(bad.items()))
-        if cfg.bad_files == "error":
-            raise ConfigError(
-                f"bad_files=error: {first} is not a readable image ({reason}); delete it or set bad_files=skip"
-            )
-        listing = Path(cfg.paths.output_dir) / "bad_files.txt"
-        write_atomic(listing, "".join(f"{path}\n" for path in bad))
-        log.warning(
-            "bad_files=skip: skipped %d unreadable image file(s) under %s, listed in %s (set bad_files=error to "
-            "stop instead)",
-            len(bad),
-            cfg.input_dir,
-            listing,
-        )
-        paths = [p for p in paths if p not in bad]
-    if not paths:
-        skipped = f"; {len(bad)} unreadable file(s) skipped" if bad else ""
-        raise ConfigError(f"input_dir={cfg.input_dir}: no image files ({', '.join(IMG_EXTENSIONS)}) found{skipped}")
-    return paths
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="predict")

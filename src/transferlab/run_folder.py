@@ -27,6 +27,26 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def checkpoint_file(ckpt_path: str, fix: str) -> str:
+    """The file ``ckpt_path`` names (``~`` expanded), or a one-line ConfigError ending in ``fix``."""
+    from transferlab.errors import ConfigError
+
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: file not found; {fix}")
+    return str(path)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: files only, no display needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
     path = Path(run_dir) / SUMMARY
     write_atomic(path, json.dumps(summary, indent=2, default=_jsonable) + "\n")
@@ -68,11 +88,7 @@ def write_metrics(run_dir: str | Path, history: list[dict[str, Any]]) -> None:
 
 def plot_curves(run_dir: str | Path, history: list[dict[str, Any]]) -> Path:
     """Loss and accuracy per epoch, train and val, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "acc")):
         for stage in ("train", "val"):
@@ -99,11 +115,7 @@ def _jsonable(value: Any) -> Any:
 
 def plot_confusion(path: str | Path, matrix, class_names: list[str]) -> Path:
     """A confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(class_names)
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * n + 2), max(4, 0.5 * n + 2)))
     ax.imshow(matrix, cmap="Blues")

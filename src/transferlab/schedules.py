@@ -6,11 +6,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
-
-from torch import nn
 
 from transferlab.errors import ConfigError
 from transferlab.layer_groups import LayerGroup
@@ -45,18 +44,22 @@ class Phase:
         if self.bn_mode not in BN_MODES:
             raise ConfigError(f"schedule.bn_mode={self.bn_mode}: choose one of {', '.join(BN_MODES)}")
         for option in ("backbone_lr_mult", "head_lr_mult"):
-            if getattr(self, option) <= 0:
-                raise ConfigError(f"schedule.{option}={getattr(self, option)}: must be > 0; freeze with freeze_depth")
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ConfigError(f"schedule.{option}={value}: must be > 0; freeze with freeze_depth")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ConfigError(f"schedule.layer_decay={self.layer_decay}: use a number in (0, 1], e.g. 0.65")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"schedule.phases: a phase lasts at least 1 epoch, not {self.epochs}")
+        depth = self.freeze_depth
+        if depth != "all" and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+            raise ConfigError(f"schedule.freeze_depth={depth}: use a whole number of layer groups >= 0, or all")
 
     def frozen_count(self, groups: Sequence[LayerGroup]) -> int:
         depth = self.freeze_depth
         if depth == "all":
             return len(groups)
-        if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= len(groups):
+        if depth > len(groups):
             names = ", ".join(g.name for g in groups)
             raise ConfigError(
                 f"schedule.freeze_depth={depth}: the backbone has {len(groups)} layer groups ({names}); "
@@ -184,33 +187,7 @@ def _gradual_phases(
     ]
 
 
-def apply_phase(model: nn.Module, groups: Sequence[LayerGroup], phase: Phase, mask_only: bool = False) -> PhaseState:
-    """Set ``requires_grad`` for ``phase`` and return what stays fixed: frozen parameter names, BatchNorm in eval.
-
-    With ``mask_only`` (DDP, torch.compile) every parameter keeps ``requires_grad=True`` so that wrappers built
-    earlier see each one; the caller drops frozen gradients after backward instead.
-    """
-    frozen_flags = phase.frozen_groups(groups)
-    frozen = {n for g, f in zip(groups, frozen_flags) if f for n in g.param_names}
-    eval_bn, bn_frozen_affine, bn_trainable_affine = [], set(), set()
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.modules.batchnorm._BatchNorm):
-            continue
-        params = [f"{name}.{p}" if name else p for p, _ in module.named_parameters()]
-        in_frozen_group = all(p in frozen for p in params) if params else all(frozen_flags)
-        if in_frozen_group or phase.bn_mode != "train":
-            eval_bn.append(module)
-        if phase.bn_mode == "frozen":
-            bn_frozen_affine.update(params)
-        elif phase.bn_mode == "affine_only":
-            bn_trainable_affine.update(params)
-    frozen = (frozen | bn_frozen_affine) - bn_trainable_affine
-    for name, param in model.named_parameters():
-        param.requires_grad_(mask_only or name not in frozen)
-    return PhaseState(frozen_params=frozen, eval_batchnorms=eval_bn)
-
-
-@dataclass
-class PhaseState:
-    frozen_params: set[str]
-    eval_batchnorms: list[nn.Module]
+def check_options(options: Mapping[str, Any]) -> None:
+    """The checks of the ``schedule.`` options that need no backbone, for validation before anything is built."""
+    names = {f.name for f in fields(Phase)} - {"epochs"}
+    Phase(**{k: v for k, v in options.items() if k in names})

@@ -42,22 +42,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import pytorch_lightning as pl
 
-    from transferlab.callbacks import EpochHistory
+    from transferlab.callbacks import EpochHistory, RngState
     from transferlab.loggers import finish_loggers
     from transferlab.module import TransferModule
+    from transferlab.phase_control import PhaseControl
 
     pl.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.backbone)
-    datamodule = instantiate(cfg.data, data_config=backbone.data_config)
+    schedule = instantiate(cfg.schedule, num_groups=len(backbone.layer_groups))
+    phases = PhaseControl(schedule, backbone.model, backbone.layer_groups)
+    datamodule = instantiate(
+        cfg.data, data_config=backbone.data_config, backbone=backbone, backbone_frozen=phases.backbone_frozen
+    )
     head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=datamodule.num_classes)
-    lr_scheduler = instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
     module = TransferModule(
         backbone,
         head,
         class_names=datamodule.class_names,
-        schedule=instantiate(cfg.schedule, num_groups=len(backbone.layer_groups)),
         optimizer=instantiate(cfg.optimizer),
-        lr_scheduler=lr_scheduler,
+        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        lr_scales=phases.lr_scales(),
         label_smoothing=cfg.label_smoothing,
         channels_last=bool(cfg.trainer.get("channels_last")),
         metadata={
@@ -70,11 +74,12 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     tty = sys.stderr.isatty()
-    callbacks = [c for c in callbacks if _wanted(c, loggers, tty)] + [history]
+    callbacks = [phases, RngState(), *(c for c in callbacks if _wanted(c, loggers, tty)), history]
     trainer = instantiate(trainer_config(cfg), callbacks=callbacks, logger=loggers or False, enable_progress_bar=tty)
     failed = True
     try:
-        out = _fit_and_test(cfg, run_dir, trainer, module, datamodule, backbone, history, loggers)
+        out = _fit_and_test(cfg, run_dir, trainer, module, datamodule, phases, history, loggers)
+        out["weights_report"] = backbone.weights_report
         failed = False
         return out
     finally:
@@ -86,9 +91,9 @@ def trainer_config(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in cfg.trainer.items() if k not in ("compile", "channels_last")}
 
 
-def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, backbone, history, loggers) -> dict[str, Any]:
+def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, phases, history, loggers) -> dict[str, Any]:
     from transferlab.loggers import report_to_loggers
-    from transferlab.run_folder import plot_confusion, plot_curves
+    from transferlab.run_folder import plot_curves
 
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the W&B run config, hparams.yaml
@@ -103,16 +108,16 @@ def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, backbone, his
     fit_s = time.perf_counter() - fit_start
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted")
-    rows = list(history.history)  # testing the best checkpoint below restores that epoch's callback state
+    # Testing the best checkpoint below restores that epoch's callback state: read them first.
+    rows, phase_history = list(history.history), list(phases.history)
 
     out: dict[str, Any] = {
         "monitor": cfg.monitor,
         "class_names": module.class_names,
         "data_config": module.metadata["data_config"],
         "split_sizes": datamodule.split_sizes(),
-        "weights_report": backbone.weights_report,
         "layer_groups": [g.name for g in module.layer_groups],
-        "phases": module.phase_history,
+        "phases": phase_history,
         "resumed_from": ckpt_path,
         "epochs": len(rows),
         "final": rows[-1] if rows else {},
@@ -128,28 +133,34 @@ def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, backbone, his
             "best": checkpoint.best_model_path or None,
             "last": str(last) if last.is_file() else None,
         }
-
     if rows and trainer.is_global_zero:
         plot_curves(run_dir, rows)
     if cfg.get("test") and datamodule.split_sizes().get("test"):
-        best_path = checkpoint.best_model_path if checkpoint is not None else None
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
-        out["test"] = {k: round(float(v), 6) for k, v in results[0].items()}
-        matrix = module.confusion.compute().cpu()  # a collective under DDP: every rank computes it
-        if trainer.is_global_zero:
-            plot_confusion(run_dir / "confusion.png", matrix, module.class_names)
+        out["test"] = _test_best(trainer, module, datamodule, run_dir)
     out["timings"] = {
         "startup_s": history.startup_s,
         "fit_s": round(fit_s, 2),
         "epoch_s": [r["epoch_time_s"] for r in rows],
+        **{key: [r[key] for r in rows] for key in ("train_images_per_s", "loader_images_per_s", "model_images_per_s")},
     }
-    for key in ("train_images_per_s", "loader_images_per_s", "model_images_per_s"):
-        out["timings"][key] = [r[key] for r in rows]
     if datamodule.feature_cache_log:
         out["feature_cache"] = datamodule.feature_cache_log
     if trainer.is_global_zero:
         report_to_loggers(loggers, out, {"curves": run_dir / "curves.png", "confusion": run_dir / "confusion.png"})
     return out
+
+
+def _test_best(trainer, module, datamodule, run_dir: Path) -> dict[str, float]:
+    """Score the best checkpoint (or the model as it ended, without one) on the test split; plot its confusion."""
+    from transferlab.run_folder import plot_confusion
+
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint is not None else None
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+    matrix = module.confusion.compute().cpu()  # a collective under DDP: every rank computes it
+    if trainer.is_global_zero:
+        plot_confusion(run_dir / "confusion.png", matrix, module.class_names)
+    return {k: round(float(v), 6) for k, v in results[0].items()}
 
 
 def _wanted(callback, loggers: list, tty: bool) -> bool:
@@ -165,7 +176,7 @@ def _resume_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     """``last``: the run folder's newest checkpoint, the end of its last epoch or the one Lightning's SLURM support
     saved when the job was signalled before its time limit (``hpc_ckpt_N.ckpt``); none yet: a fresh start."""
     if ckpt_path != "last":
-        return ckpt_path
+        return None if ckpt_path is None else str(Path(ckpt_path).expanduser())
     found = [p for p in (run_dir / CHECKPOINTS / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
     if found:
         newest = max(found, key=lambda p: p.stat().st_mtime)

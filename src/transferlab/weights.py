@@ -24,7 +24,7 @@ from torch import nn
 
 from transferlab.errors import ConfigError
 
-__all__ = ["LoadReport", "STATE_DICT_KEYS", "STRIP_PREFIXES", "read_state_dict", "load_weights"]
+__all__ = ["LoadReport", "STATE_DICT_KEYS", "STRIP_PREFIXES", "weights_file", "read_state_dict", "load_weights"]
 
 # Where checkpoints keep the weights, tried in this order when backbone.weights_key is not given:
 # plain/Lightning/timm-train ("state_dict"), DeiT/MAE/many repos ("model"), common training loops
@@ -162,6 +162,18 @@ def _pick(obj: object, key: str | None, shown: str) -> dict[str, torch.Tensor]:
     )
 
 
+def weights_file(path: str | os.PathLike) -> Path:
+    """The file ``backbone.weights`` names (``~`` expanded), or a one-line ConfigError."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise ConfigError(
+            f"backbone.weights={path}: file not found; give an existing file or set backbone.weights=null"
+        )
+    if not file.is_file():
+        raise ConfigError(f"backbone.weights={path}: is not a file; give the path of a weights file")
+    return file
+
+
 def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
     """The flat ``{name: tensor}`` dict in a weights file, on the CPU.
 
@@ -170,15 +182,7 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
     file's dict is used when all its values are tensors, else the first entry of ``STATE_DICT_KEYS`` that
     holds tensors (a Lightning checkpoint's ``state_dict`` is found this way). Non-tensor entries are ignored.
     """
-    shown = str(path)
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise ConfigError(
-            f"backbone.weights={shown}: file not found; give an existing file or set backbone.weights=null"
-        )
-    if not file.is_file():
-        raise ConfigError(f"backbone.weights={shown}: is not a file; give the path of a weights file")
-    return _pick(_load_file(file, shown), key, shown)
+    return _pick(_load_file(weights_file(path), str(path)), key, str(path))
 
 
 def _strip(keys: Sequence[str], prefix: str) -> list[str]:
@@ -203,6 +207,46 @@ def _is_classifier(key: str, classifier: Sequence[str]) -> bool:
     return any(key == c or key.startswith(c.rstrip(".") + ".") for c in classifier if c)
 
 
+def _model_names(raw: list[str], prefix: str | None, model_keys: set[str], shown: str) -> list[str | None]:
+    """The model key each file key maps to after prefix surgery (None: it lacks ``prefix``)."""
+    if not prefix:
+        return list(_auto_strip(raw, model_keys))
+    pre = prefix if prefix.endswith(".") else prefix + "."
+    if not any(k.startswith(pre) for k in raw):
+        raise ConfigError(
+            f"backbone.weights_prefix={prefix!r}: no key in {shown} starts with {pre!r} (file keys look "
+            f"like {raw[0]!r}); set backbone.weights_prefix to a prefix they have, or to null to "
+            "auto-detect"
+        )
+    return [k[len(pre) :] if k.startswith(pre) else None for k in raw]
+
+
+def _sort_tensors(
+    state: Mapping[str, torch.Tensor],
+    names: list[str | None],
+    model_state: Mapping[str, torch.Tensor],
+    classifier: Sequence[str],
+) -> tuple[dict[str, torch.Tensor], list[str], list[str], list[str]]:
+    """The file's tensors as (fitting ones by model key, unexpected, dropped classifier, shape-mismatched keys)."""
+    filtered: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    dropped: list[str] = []
+    mismatched: list[str] = []
+    for raw_key, name in zip(state, names, strict=True):
+        if _is_classifier(raw_key, classifier) or (
+            name is not None
+            and (_is_classifier(name, classifier) or (name.startswith("head.") and name not in model_state))
+        ):
+            dropped.append(name if name is not None else raw_key)
+        elif name is None or name not in model_state:
+            unexpected.append(raw_key if name is None else name)
+        elif state[raw_key].shape != model_state[name].shape:
+            mismatched.append(name)
+        else:
+            filtered[name] = state[raw_key]
+    return filtered, unexpected, dropped, mismatched
+
+
 def load_weights(
     model: nn.Module,
     path: str | os.PathLike,
@@ -224,38 +268,9 @@ def load_weights(
     shown = str(path)
     state = read_state_dict(path, key)
     model_state = model.state_dict()
-    model_keys = set(model_state)
     raw = list(state)
-
-    if prefix:
-        pre = prefix if prefix.endswith(".") else prefix + "."
-        if not any(k.startswith(pre) for k in raw):
-            raise ConfigError(
-                f"backbone.weights_prefix={prefix!r}: no key in {shown} starts with {pre!r} (file keys look "
-                f"like {raw[0]!r}); set backbone.weights_prefix to a prefix they have, or to null to "
-                "auto-detect"
-            )
-        names = [k[len(pre) :] if k.startswith(pre) else None for k in raw]
-    else:
-        names = _auto_strip(raw, model_keys)
-
-    filtered: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    dropped: list[str] = []
-    mismatched: list[str] = []
-    for raw_key, name in zip(raw, names, strict=True):
-        if _is_classifier(raw_key, classifier) or (
-            name is not None
-            and (_is_classifier(name, classifier) or (name.startswith("head.") and name not in model_keys))
-        ):
-            dropped.append(name if name is not None else raw_key)
-        elif name is None or name not in model_keys:
-            unexpected.append(raw_key if name is None else name)
-        elif state[raw_key].shape != model_state[name].shape:
-            mismatched.append(name)
-        else:
-            filtered[name] = state[raw_key]
-
+    names = _model_names(raw, prefix, set(model_state), shown)
+    filtered, unexpected, dropped, mismatched = _sort_tensors(state, names, model_state, classifier)
     missing = [k for k in model_state if k not in filtered and k not in mismatched and k.rsplit(".", 1)[-1] != _COUNTER]
     report = LoadReport(shown, len(filtered), missing, unexpected, dropped, mismatched)
 

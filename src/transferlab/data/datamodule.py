@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from transferlab import features
 from transferlab.data import sources
-from transferlab.data.transforms import AUGMENT_PRESETS, build_transform, resolve_data_config
+from transferlab.data.options import check_digit_classes, check_options
+from transferlab.data.sampling import EpochShuffle
+from transferlab.data.transforms import build_transform, resolve_data_config
 from transferlab.errors import ConfigError
 
-SOURCES = ("digits", "folder")
-BAD_FILE_POLICIES = ("skip", "error")
+if TYPE_CHECKING:  # the backbone module imports this package's transforms
+    from transferlab.backbones import Backbone
 
 
 class ClassificationDataModule(pl.LightningDataModule):
@@ -28,6 +30,10 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     ``class_names``, ``num_classes`` and the resolved ``data_config`` are ready after ``__init__`` (folders
     are listed, no image is decoded); ``setup`` checks the files, makes the splits and builds the datasets.
+
+    With a ``feature_cache`` folder, a ``backbone`` and ``backbone_frozen`` (a function of the epoch: whether
+    its phase freezes the whole backbone), the train and val splits are served as the backbone's cached
+    features in such epochs.
     """
 
     def __init__(
@@ -53,32 +59,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         cache_images: bool = False,
         feature_cache: str | None = None,
         output_dir: str | None = None,
+        backbone: Backbone | None = None,
+        backbone_frozen: Callable[[int], bool] | None = None,
     ):
         super().__init__()
-        _check_choice("source", source, SOURCES)
-        _check_choice("augment", augment, AUGMENT_PRESETS)
-        _check_choice("bad_files", bad_files, BAD_FILE_POLICIES)
-        _check_range("val_fraction", val_fraction, 0.0, 1.0, low_open=True, example=0.2)
-        _check_range("test_fraction", test_fraction, 0.0, 1.0, low_open=False, example=0.1)
-        if val_fraction + test_fraction >= 1:
-            raise ConfigError(
-                f"data.val_fraction={val_fraction} + data.test_fraction={test_fraction} leave no training "
-                "images; make their sum < 1"
-            )
-        if samples_per_class is not None and train_fraction is not None:
-            raise ConfigError("data.samples_per_class and data.train_fraction are both set; set only one of them")
-        if samples_per_class is not None and int(samples_per_class) < 1:
-            raise ConfigError(f"data.samples_per_class={samples_per_class} must be >= 1, e.g. 5")
-        if train_fraction is not None:
-            _check_range("train_fraction", train_fraction, 0.0, 1.0, low_open=True, high_open=False, example=0.1)
-        if int(split_seed) < 0:
-            raise ConfigError(f"data.split_seed={split_seed} must be >= 0")
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value is not None and int(value) < 1:
-                raise ConfigError(f"data.{name}={value} must be >= 1, e.g. 32")
-        if int(num_workers) < 0:
-            raise ConfigError(f"data.num_workers={num_workers} must be >= 0 (0 loads in the main process)")
-
+        check_options({k: v for k, v in locals().items() if not k.startswith("_") and k != "self"})
         self.source, self.root, self.augment, self.bad_files = source, root, augment, bad_files
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
         self.split_seed = int(split_seed)
@@ -88,17 +73,18 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.eval_batch_size = self.batch_size if eval_batch_size is None else int(eval_batch_size)
         self.num_workers, self.pin_memory = int(num_workers), pin_memory
         self.cache_images = bool(cache_images)
-        self.feature_cache = None if feature_cache is None else Path(feature_cache)
+        self.feature_cache = None if feature_cache is None else Path(feature_cache).expanduser()
         self.feature_cache_log: list[dict] = []  # one entry per cached split used: hit or computed, and how long
         self._loaders: dict[str, DataLoader] = {}
-        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.output_dir = None if output_dir is None else Path(output_dir).expanduser()
+        self.backbone, self.backbone_frozen = backbone, backbone_frozen
         self.data_config = resolve_data_config(data_config, input_size, mean, std)
 
         # Listing is cheap and catches layout mistakes before any model is built.
         if source == "digits":
             if root is not None:
                 raise ConfigError(f"data.root={root} is set but data.source=digits; add data.source=folder")
-            digits, self.class_names = sources.load_digits(_check_digit_classes(classes))
+            digits, self.class_names = sources.load_digits(check_digit_classes(classes))
             self._raw = {"all": digits}
         else:
             if root is None:
@@ -193,43 +179,33 @@ class ClassificationDataModule(pl.LightningDataModule):
         return self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
 
     def _features_apply(self, split: str) -> bool:
-        """The cache serves train and val while the whole backbone is frozen (train only without augmentation),
-        on one device."""
+        """The cache serves train and val in epochs whose phase freezes the whole backbone (train only without
+        augmentation), on one device."""
         trainer = self.trainer
-        if self.feature_cache is None or trainer is None or split not in ("train", "val"):
+        if self.feature_cache is None or self.backbone_frozen is None or trainer is None:
             return False
-        if split == "train" and self.augment != "none":
+        if split not in ("train", "val") or (split == "train" and self.augment != "none"):
             return False
         if isinstance(trainer.strategy, ParallelStrategy):
             return False  # DDP's gradient sync expects the backbone in every step's graph
-        frozen = getattr(trainer.lightning_module, "backbone_frozen", None)
-        return frozen is not None and frozen()
+        return self.backbone_frozen(trainer.current_epoch)
 
     def _cached_features(self, split: str) -> features.FeatureDataset:
-        module, trainer = self.trainer.lightning_module, self.trainer
-        dataset = self.datasets[split]
-        key = features.entry_key(
-            features.backbone_fingerprint(module.backbone),
-            features.images_fingerprint(dataset.items, dataset.labels),
-            split,
-            repr(dataset.transform),
-            str(trainer.precision),
-        )
-        path = self.feature_cache / f"{key}.npy"
+        trainer, dataset, backbone = self.trainer, self.datasets[split], self.backbone
         extract = DataLoader(
             dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers, pin_memory=self._pin_memory()
         )
         start = time.perf_counter()
-        values, hit = features.load_or_compute(
-            path,
-            lambda tmp: features.write_features(
-                tmp,
-                module.backbone,
-                module.num_features,
-                extract,
-                module.device,
-                trainer.precision_plugin.forward_context,
-            ),
+        values, hit, path = features.split_features(
+            self.feature_cache,
+            split,
+            dataset,
+            backbone.model,
+            backbone.num_features,
+            extract,
+            trainer.strategy.root_device,
+            trainer.precision_plugin.forward_context,
+            str(trainer.precision),
         )
         seconds = round(time.perf_counter() - start, 3)
         self.feature_cache_log.append(
@@ -261,29 +237,15 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _drop_bad_files(self, raw: dict[str, sources.Split]) -> dict[str, sources.Split]:
         """Apply data.bad_files to files PIL cannot read; skipped ones go to output_dir/bad_files.txt."""
-        bad = sources.find_unreadable([path for split in raw.values() for path in split.items])
-        if not bad:
+        paths = [path for split in raw.values() for path in split.items]
+        subject = f"data.root={self.root}"
+        bad, skipped = sources.screen(paths, self.bad_files, "data.bad_files", self.root, subject, self.output_dir)
+        if skipped is None:
             return raw
-        first, reason = next(iter(bad.items()))
-        if self.bad_files == "error":
-            raise ConfigError(
-                f"data.root={self.root}: {first} is not a readable image ({reason}); "
-                "delete it or set data.bad_files=skip"
-            )
-        where = "(set data.bad_files=error to stop instead)"
-        if self.output_dir is not None:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            listing = self.output_dir / "bad_files.txt"
-            listing.write_text("".join(f"{path}\n" for path in bad))
-            where = f"listed in {listing}"
-        warnings.warn(
-            f"data.bad_files=skip: skipped {len(bad)} unreadable image file(s) under {self.root}, {where}",
-            stacklevel=2,
-        )
+        warnings.warn(skipped, stacklevel=2)
         kept = {}
         for name, split in raw.items():
-            keep = [i for i, path in enumerate(split.items) if path not in bad]
-            kept[name] = split.subset(keep)
+            kept[name] = split.subset([i for i, path in enumerate(split.items) if path not in bad])
             for label, class_name in enumerate(self.class_names):
                 if not (kept[name].labels == label).any():
                     where = "" if name == "all" else f" in {name}"
@@ -292,59 +254,3 @@ class ClassificationDataModule(pl.LightningDataModule):
                         "remove it or add images"
                     )
         return kept
-
-
-def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"data.{option}={value}: unknown value; choose one of {', '.join(choices)}")
-
-
-def _check_range(
-    option: str,
-    value: float,
-    low: float,
-    high: float,
-    low_open: bool,
-    high_open: bool = True,
-    example: float = 0.2,
-) -> None:
-    above = value > low if low_open else value >= low
-    below = value < high if high_open else value <= high
-    if not (above and below):
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ConfigError(f"data.{option}={value} must be in {interval}, e.g. data.{option}={example}")
-
-
-def _check_digit_classes(classes: list[int] | None) -> list[int] | None:
-    if classes is None:
-        return None
-    shown = f"data.classes={list(classes)}"
-    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 9 for c in classes):
-        raise ConfigError(f"{shown}: digit classes are integers in 0..9, e.g. data.classes=[5,6,7,8,9]")
-    if len(set(classes)) != len(classes):
-        raise ConfigError(f"{shown}: a digit is listed twice; list each digit once")
-    if len(classes) < 2:
-        raise ConfigError(f"{shown}: a classifier needs at least 2 digits, e.g. data.classes=[0,1]")
-    return list(classes)
-
-
-class EpochShuffle(RandomSampler):
-    """A shuffle drawn from the run's seed and the epoch alone, as DistributedSampler's: a run resumed at epoch k
-    sees the order that the uninterrupted run saw, and draws nothing from the global RNG (dropout, augmentation).
-    Lightning calls ``set_epoch`` at every epoch start; under DDP it swaps this for a DistributedSampler seeded
-    alike."""
-
-    def __init__(self, data_source):
-        super().__init__(data_source, generator=torch.Generator())
-        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by pl.seed_everything (cfg.seed)
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.generator.manual_seed(self.seed + epoch)
-
-    def __iter__(self):
-        # Seeded again where the order is drawn: every iterator created draws a worker seed from this generator
-        # first, and Lightning creates one more in an epoch where it reloads the loaders (a phase switch).
-        self.generator.manual_seed(self.seed + self.epoch)
-        yield from super().__iter__()

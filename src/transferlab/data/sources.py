@@ -18,6 +18,8 @@ from transferlab.errors import ConfigError
 # and real data sets contain (hymenoptera's train/ants/imageNotFound.gif).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 SPLITS = ("train", "val", "test")
+BAD_FILE_POLICIES = ("skip", "error")
+BAD_FILES = "bad_files.txt"  # where skipped files are listed, in the run folder
 
 
 @dataclass
@@ -99,7 +101,7 @@ def _class_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
 
 
@@ -109,7 +111,7 @@ def scan_folder(root: str | Path) -> tuple[dict[str, Split], list[str]]:
     ``root/train`` present: the splits are ``train/``, ``val/`` (required) and an optional ``test/``, all with
     the same class folders. Otherwise ``root`` holds the class folders and the one split is called ``all``.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise ConfigError(
             f"data.root={root}: folder not found; set data.root to a folder of class folders (or train/ val/)"
@@ -150,7 +152,7 @@ def _check_classes(root: Path, class_names: list[str]) -> list[str]:
 def _scan_classes(root: Path, folder: Path, class_names: list[str], where: str | None) -> Split:
     items, labels = [], []
     for label, name in enumerate(class_names):
-        files = _image_files(folder / name)
+        files = image_files(folder / name)
         if not files:
             in_split = f" in {where}" if where else ""
             raise ConfigError(
@@ -172,6 +174,34 @@ def find_unreadable(paths: Sequence[Path]) -> dict[Path, str]:
         except Exception as error:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
             bad[path] = f"{type(error).__name__}: {error}"
     return bad
+
+
+def screen(
+    paths: Sequence[Path], policy: str, option: str, root: str, subject: str, listing_dir: Path | None
+) -> tuple[set[Path], str | None]:
+    """The unreadable files among ``paths`` (found under ``root``) and a line saying they were skipped (None when
+    there are none).
+
+    Under ``policy`` ``error`` the first one is a ConfigError starting with ``subject``; under ``skip`` they are
+    listed in ``listing_dir``/bad_files.txt. ``option`` is the policy's option name, for the fixes.
+    """
+    bad = find_unreadable(paths)
+    if not bad:
+        return set(), None
+    first, reason = next(iter(bad.items()))
+    if policy == "error":
+        raise ConfigError(f"{subject}: {first} is not a readable image ({reason}); delete it or set {option}=skip")
+    where = ""
+    if listing_dir is not None:
+        listing = Path(listing_dir) / BAD_FILES
+        from transferlab.run_folder import write_atomic
+
+        write_atomic(listing, "".join(f"{path}\n" for path in bad))
+        where = f", listed in {listing}"
+    return set(bad), (
+        f"{option}=skip: skipped {len(bad)} unreadable image file(s) under {root}{where} "
+        f"(set {option}=error to stop instead)"
+    )
 
 
 # --- seeded subsets -----------------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""Checks of the ``data.`` options that need no files: run by the data module, and by the config check before
+anything is built. Each message names the option, the value and the fix."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from transferlab.data.sources import BAD_FILE_POLICIES
+from transferlab.data.transforms import AUGMENT_PRESETS
+from transferlab.errors import ConfigError
+
+SOURCES = ("digits", "folder")
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    """Raise ConfigError for the first ``data.`` option (given by name, unset ones absent or None) that cannot work."""
+    get = options.get
+    _choice("source", get("source") or "digits", SOURCES)
+    _choice("augment", get("augment") or "none", AUGMENT_PRESETS)
+    _choice("bad_files", get("bad_files") or "skip", BAD_FILE_POLICIES)
+    val_fraction = _fraction("val_fraction", get("val_fraction", 0.2), low_open=True, high_open=True, example=0.2)
+    test_fraction = _fraction("test_fraction", get("test_fraction", 0.0), low_open=False, high_open=True, example=0.1)
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"data.val_fraction={val_fraction} + data.test_fraction={test_fraction} leave no training "
+            "images; make their sum < 1"
+        )
+    if get("samples_per_class") is not None and get("train_fraction") is not None:
+        raise ConfigError("data.samples_per_class and data.train_fraction are both set; set only one of them")
+    _whole("samples_per_class", get("samples_per_class"), 1, "5")
+    if get("train_fraction") is not None:
+        _fraction("train_fraction", get("train_fraction"), low_open=True, high_open=False, example=0.1)
+    _whole("split_seed", get("split_seed"), 0, "0")
+    _whole("batch_size", get("batch_size"), 1, "32")
+    _whole("eval_batch_size", get("eval_batch_size"), 1, "32")
+    _whole("num_workers", get("num_workers"), 0, "0 (0 loads in the main process)")
+
+
+def check_digit_classes(classes: list[int] | None) -> list[int] | None:
+    if classes is None:
+        return None
+    shown = f"data.classes={list(classes)}"
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 9 for c in classes):
+        raise ConfigError(f"{shown}: digit classes are integers in 0..9, e.g. data.classes=[5,6,7,8,9]")
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"{shown}: a digit is listed twice; list each digit once")
+    if len(classes) < 2:
+        raise ConfigError(f"{shown}: a classifier needs at least 2 digits, e.g. data.classes=[0,1]")
+    return list(classes)
+
+
+def _choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"data.{option}={value}: unknown value; choose one of {', '.join(choices)}")
+
+
+def _whole(option: str, value: Any, minimum: int, example: str) -> None:
+    """None (unset) passes; anything else must be a whole number >= minimum."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"data.{option}={value} must be >= {minimum} (a whole number), e.g. data.{option}={example}")
+
+
+def _fraction(option: str, value: Any, low_open: bool, high_open: bool, example: float) -> float:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    above = number and (value > 0 if low_open else value >= 0)
+    below = number and (value < 1 if high_open else value <= 1)
+    if not (above and below):
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise ConfigError(f"data.{option}={value} must be in {interval}, e.g. data.{option}={example}")
+    return float(value)

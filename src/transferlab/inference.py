@@ -1,0 +1,56 @@
+"""What eval and predict share: the checkpoint they read, the images they label and the Trainer that runs them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from transferlab.errors import ConfigError
+
+log = logging.getLogger("transferlab")
+CKPT_EXAMPLE = "ckpt_path=outputs/train/<run>/checkpoints/best.ckpt"
+
+
+def checkpoint_path(cfg: DictConfig, command: str) -> str:
+    """The checkpoint file ``cfg.ckpt_path`` names, or a one-line ConfigError naming ``ckpt_path``."""
+    from transferlab.run_folder import checkpoint_file
+
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise ConfigError(f"ckpt_path is required: {command} {CKPT_EXAMPLE}")
+    return checkpoint_file(cfg.ckpt_path, f"give a checkpoint file, e.g. {CKPT_EXAMPLE}")
+
+
+def inference_trainer(trainer: DictConfig, run_dir: str | Path):
+    """A Trainer from the ``trainer.`` keyword arguments that only runs a model: no logger, checkpoints or bars."""
+    import pytorch_lightning as pl
+
+    kwargs: dict[str, Any] = OmegaConf.to_container(trainer, resolve=True)  # type: ignore[assignment]
+    return pl.Trainer(
+        **kwargs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+    )
+
+
+def image_paths(input_dir: str, policy: str, run_dir: str | Path) -> list[Path]:
+    """The readable image files under ``input_dir``, sorted; unreadable ones per ``policy`` (``bad_files``)."""
+    from transferlab.data.sources import IMG_EXTENSIONS, image_files, screen
+
+    root = Path(str(input_dir)).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"input_dir={input_dir}: folder not found; give a folder of images")
+    paths = image_files(root)
+    bad, skipped = screen(paths, policy, "bad_files", input_dir, "bad_files=error", Path(run_dir))
+    if skipped:
+        log.warning(skipped)
+        paths = [p for p in paths if p not in bad]
+    if not paths:
+        note = f"; {len(bad)} unreadable file(s) skipped" if bad else ""
+        raise ConfigError(f"input_dir={input_dir}: no image files ({', '.join(IMG_EXTENSIONS)}) found{note}")
+    return paths
