@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from transferlab.cli import check_group_choices, conf_dir
+from transferlab.cli import conf_dir
 from transferlab.config import validate
 from transferlab.errors import ConfigError
+from transferlab.overrides import check_group_choices
 
 from conftest import compose_config, run_cli
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from transferlab.run_folder import write_metrics
@@ -93,6 +94,32 @@ class EpochHistory(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict["history"])
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose saved state follows its run folder: a checkpoint written before the folder
+    was moved or copied names files of the old folder; on resume those names are mapped into this run's dirpath
+    (and dropped where the file is not there), so a resumed run tests and keeps its own checkpoints."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+
+            def moved(path: str) -> str:
+                if not path or not str(path).startswith(str(old).rstrip("/") + "/"):
+                    return path
+                here = os.path.join(self.dirpath, os.path.relpath(path, old))
+                return here if os.path.isfile(here) else ""
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_model_path": moved(state_dict.get("best_model_path", "")),
+                "kth_best_model_path": moved(state_dict.get("kth_best_model_path", "")),
+                "last_model_path": moved(state_dict.get("last_model_path", "")),
+                "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items() if moved(k)},
+            }
+        super().load_state_dict(state_dict)
 
 
 class RngState(pl.Callback):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,8 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+FULL_BELOW = 1 << 20  # bytes free on a disk that a failed save found full
 
 
 class LocalCheckpointIO(TorchCheckpointIO):
@@ -31,5 +35,10 @@ class LocalCheckpointIO(TorchCheckpointIO):
         try:
             torch.save(checkpoint, partial)
             os.replace(partial, path)
+        except RuntimeError as e:
+            # torch's zip writer reports a full disk as "file write failed" or an "unexpected pos", without errno.
+            if shutil.disk_usage(path.parent).free < FULL_BELOW:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+            raise
         finally:
             partial.unlink(missing_ok=True)

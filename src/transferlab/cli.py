@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, Interrupted
 
 log = logging.getLogger("transferlab")
 
@@ -19,35 +21,18 @@ def conf_dir() -> str:
     return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
 
 
-def check_group_choices(overrides: list[str], root: str | Path) -> None:
-    """Name an unknown config group option in one line, before Hydra prints its multi-line report."""
-    root = Path(root)
-    for arg in overrides:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key, value = arg.split("=", 1)
-        group = key.lstrip("+~").removeprefix("override ").strip()
-        if not group or not (root / group).is_dir() or value.startswith("$") or not value:
-            continue
-        choices = sorted(p.stem for p in (root / group).glob("*.yaml"))
-        for option in value.strip("[]").split(","):
-            option = option.strip()
-            if option and option != "null" and option not in choices:
-                raise ConfigError(f"{group}={option}: unknown option; choose one of {', '.join(choices)}")
-
-
-def cli_main(hydra_main: Callable[[], None]) -> Callable[[], None]:
+def cli_main(hydra_main: Callable[[], None], config_name: str) -> Callable[[], None]:
     """Wrap a ``@hydra.main`` function as a console script with one-line errors and a non-zero exit."""
 
     @functools.wraps(hydra_main)
     def main() -> None:
-        argv = sys.argv[1:]
-        if not any(a in ("--config-dir", "-cd") or a.startswith("--config-dir=") for a in argv):
-            try:
-                check_group_choices(argv, conf_dir())
-            except ConfigError as e:
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(2)
+        from transferlab.overrides import check_overrides
+
+        try:
+            check_overrides(sys.argv[1:], conf_dir(), config_name)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
         hydra_main()
 
     return main
@@ -56,27 +41,73 @@ def cli_main(hydra_main: Callable[[], None]) -> Callable[[], None]:
 def run_task(task: Callable, cfg) -> float | None:
     """Run one job. A user error ends a single run with one line and exit 2; in a sweep the job is recorded as
     failed (by the task's summary.json), returns None (Optuna marks such a trial failed; NaN would stop it) and the
-    sweep goes on."""
+    sweep goes on. SIGTERM and SIGINT end the job (and a sweep) as interrupted, with exit status 143 and 130; a
+    disk that cannot be written is one line."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return task(cfg)
+        with signals_interrupt():
+            return task(cfg)
+    except Interrupted as e:
+        print(f"interrupted by {e.signal_name}; summary.json says so; resume with ckpt_path=last", file=sys.stderr)
+        sys.exit(e.exit_code)
     except ConfigError as e:
         if not multirun:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         log.error("job failed: %s", e)
     except Exception as e:
+        disk = unwritable(e)
+        if disk and not multirun:
+            print(f"error: {disk}", file=sys.stderr)
+            sys.exit(2)
         if not multirun:
             raise
         log.exception("job failed: %s", e)
     return None
 
 
+@contextlib.contextmanager
+def signals_interrupt():
+    """SIGTERM (timeout, scancel, container stops) and SIGINT raise :class:`Interrupted` in the main thread.
+
+    Lightning adds its own SIGTERM handler in fit (it stops DDP workers) and calls the one it finds, this one."""
+    import signal
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def unwritable(error: BaseException) -> str | None:
+    """One line for a disk that is full, read-only or not ours, from the error or the errors it was raised from."""
+    import errno
+
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+            where = seen.filename or "the run folder"
+            return f"paths.output_dir: cannot write {where} ({seen.strerror}); free space or choose another folder"
+        if isinstance(seen, RuntimeError) and "file write failed" in str(seen):  # torch.save on a full disk
+            return f"paths.output_dir: cannot write a checkpoint ({_first_line(seen)}); free space or choose another folder"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def instantiate(config, *args, **kwargs):
-    """``hydra.utils.instantiate`` that lets our one-line ConfigError through instead of Hydra's wrapper."""
+    """``hydra.utils.instantiate`` that lets our one-line ConfigError through instead of Hydra's wrapper, and makes
+    a target that refuses its arguments (an unknown or mistyped option) one line that names the config node."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 
@@ -88,7 +119,28 @@ def instantiate(config, *args, **kwargs):
             cause = cause.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
+        target = config.get("_target_") if hasattr(config, "get") else None
+        if isinstance(cause, (TypeError, ValueError)) or cause is None:
+            node = _node_name(config)
+            reason = _first_line(cause or e)
+            raise ConfigError(f"{node}: {target} refused its options ({reason}); check the {node}. options") from None
         raise
+
+
+def _node_name(config) -> str:
+    """The config node's key in the composed config (``data``, ``callbacks.early_stopping``), or its target."""
+    from omegaconf import OmegaConf
+
+    try:
+        key = config._get_full_key(None) if OmegaConf.is_config(config) else ""
+    except Exception:
+        key = ""
+    return key or str(config.get("_target_", "config") if hasattr(config, "get") else "config")
+
+
+def _first_line(error: object) -> str:
+    line = next((s.strip() for s in str(error).splitlines() if s.strip()), type(error).__name__)
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def job_overrides() -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import ConfigError
@@ -37,6 +39,7 @@ def validate(cfg: DictConfig) -> None:
 
     # The options of transferlab's own parts, checked by the code that owns them, before anything is built.
     from transferlab.data.options import check_options as check_data
+    from transferlab.heads import check_options as check_head
     from transferlab.run_folder import checkpoint_file
     from transferlab.schedules import check_options as check_schedule
     from transferlab.weights import weights_file
@@ -45,6 +48,8 @@ def validate(cfg: DictConfig) -> None:
         check_schedule(OmegaConf.to_container(cfg.schedule, resolve=True))
     if OmegaConf.select(cfg, "data._target_") == "transferlab.data.ClassificationDataModule":
         check_data(OmegaConf.to_container(cfg.data, resolve=True))
+    if str(OmegaConf.select(cfg, "head._target_")).startswith("transferlab.heads."):
+        check_head(OmegaConf.to_container(cfg.head, resolve=True))
     if OmegaConf.select(cfg, "backbone.weights"):
         weights_file(cfg.backbone.weights)
     ckpt = cfg.get("ckpt_path")
@@ -55,13 +60,33 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"monitor_mode={cfg.get('monitor_mode')}: use min or max")
 
     smoothing = cfg.get("label_smoothing", 0.0)
-    if not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
         raise ConfigError(f"label_smoothing={smoothing}: use a number in [0, 1)")
+
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed}: use a whole number in [0, 2^32), e.g. seed=42")
+    for key in ("test", "overwrite"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise ConfigError(f"{key}={cfg.get(key)}: use true or false")
+
+
+def check_accelerator(accelerator: str) -> None:
+    """``trainer.accelerator`` against this machine (the config alone is valid anywhere): a GPU accelerator
+    without a GPU would fail in Lightning only after the data and model are built."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}: no CUDA GPU on this machine; use trainer.accelerator=cpu or auto"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps: no Apple GPU on this machine; use trainer.accelerator=cpu or auto")
 
 
 def _positive(cfg: DictConfig, key: str, example: str, integer: bool = False) -> None:
     value = OmegaConf.select(cfg, key)
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, kinds) or not 0 < value < math.inf:
         kind = "a whole number" if integer else "a number"
         raise ConfigError(f"{key}={value}: must be {kind} > 0, e.g. {key}={example}")

@@ -1,4 +1,6 @@
-"""The one exception type for user mistakes."""
+"""The exception types the entry points turn into one line and an exit status."""
+
+import signal
 
 
 class ConfigError(ValueError):
@@ -6,3 +8,18 @@ class ConfigError(ValueError):
 
     Entry points print it as ``error: <message>`` and exit with status 2, without a traceback.
     """
+
+
+class Interrupted(BaseException):
+    """The run was stopped by a signal (SIGTERM, SIGINT): recorded as ``interrupted``, exit status 128 + signal.
+
+    A BaseException, as KeyboardInterrupt is, so that no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.signal_name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab.cli import cli_main, conf_dir, instantiate, job_overrides, run_task
 from transferlab.errors import ConfigError
-from transferlab.run_folder import recorded
+from transferlab.run_folder import claim, locked, recorded
 
 log = logging.getLogger("transferlab")
 
@@ -33,7 +33,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "overrides": job_overrides(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    with recorded(run_dir, summary):
+    claim(run_dir, "eval", resuming=False, overwrite=bool(cfg.get("overwrite")))
+    with locked(run_dir), recorded(run_dir, summary):
         summary.update(_evaluate(cfg, run_dir))
     metrics = summary["metrics"]
     print(
@@ -53,7 +54,7 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from transferlab.module import load_module
-    from transferlab.run_folder import plot_confusion
+    from transferlab.plots import plot_confusion
 
     module = load_module(ckpt_path)
     meta = module.metadata
@@ -109,7 +110,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return summary
 
 
-main = cli_main(_hydra_main)
+main = cli_main(_hydra_main, "eval")
 
 if __name__ == "__main__":
     main()

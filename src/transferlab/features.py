@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -49,22 +51,62 @@ def entry_key(*parts: str) -> str:
     return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
 
 
-def load_or_compute(path: Path, compute: Callable[[Path], None]) -> tuple[np.ndarray, bool]:
-    """The array at ``path`` (memory-mapped) and whether it was there already; ``compute(tmp)`` writes a
-    missing one into ``tmp``, which then becomes ``path`` in one rename."""
-    if path.is_file():
-        return np.load(path, mmap_mode="r"), True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):
-        hit = path.is_file()  # another process may have written it while this one waited for the lock
-        if not hit:
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-            try:
-                compute(tmp)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-    return np.load(path, mmap_mode="r"), hit
+def load_or_compute(
+    path: Path, compute: Callable[[Path], None], shape: tuple[int, int] | None = None
+) -> tuple[np.ndarray, bool]:
+    """The array at ``path`` (memory-mapped; of ``shape`` when given) and whether it was there already; ``compute(tmp)`` writes a
+    missing one into ``tmp``, which then becomes ``path`` in one rename. An entry that is damaged (truncated, of
+    another shape) is computed again; a cache folder that cannot be written is warned about and bypassed."""
+    cached = _load_entry(path, shape)
+    if cached is not None:
+        return cached, True
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{path}.lock")
+        lock.acquire()
+    except OSError as e:
+        warnings.warn(
+            f"data.feature_cache={path.parent}: cannot be written ({e.strerror}); features not cached", stacklevel=2
+        )
+        return _compute_in(Path(tempfile.mkdtemp()) / path.name, compute), False
+    try:
+        cached = _load_entry(path, shape)  # another process may have written it while this one waited for the lock
+        if cached is not None:
+            return cached, True
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        try:
+            compute(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        lock.release()
+    return np.load(path, mmap_mode="r"), False
+
+
+def _load_entry(path: Path, shape: tuple[int, int] | None) -> np.ndarray | None:
+    """The entry at ``path`` when it is whole (and of ``shape``); a damaged one is removed."""
+    if not path.is_file():
+        return None
+    try:
+        values = np.load(path, mmap_mode="r")
+        if (shape is None or values.shape == shape) and values.dtype == np.float16:
+            return values
+    except (OSError, ValueError, EOFError):
+        pass
+    warnings.warn(f"feature cache entry {path} is damaged; computing it again", stacklevel=3)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _compute_in(tmp: Path, compute: Callable[[Path], None]) -> np.ndarray:
+    """Features computed into a private temporary file and read into memory (no cache)."""
+    try:
+        compute(tmp)
+        return np.array(np.load(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.parent.rmdir()
 
 
 def split_features(
@@ -81,7 +123,9 @@ def split_features(
     )
     path = folder / f"{key}.npy"
     values, hit = load_or_compute(
-        path, lambda tmp: write_features(tmp, backbone, num_features, loader, device, autocast)
+        path,
+        lambda tmp: write_features(tmp, backbone, num_features, loader, device, autocast),
+        (len(dataset), num_features),
     )
     return values, hit, path
 

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from transferlab.errors import ConfigError
+
+
+def check_options(options: dict) -> None:
+    """The ``head.`` options (dropout, hidden_sizes, activation, norm) that cannot work, as one-line errors."""
+    dropout = options.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"head.dropout={dropout}: use a number in [0, 1), e.g. head.dropout=0.1")
+    sizes = options.get("hidden_sizes", [])
+    if (
+        isinstance(sizes, str)
+        or not isinstance(sizes, Sequence)
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)
+    ):
+        raise ConfigError(f"head.hidden_sizes={sizes}: give a list of layer widths > 0, e.g. head.hidden_sizes=[256]")
+    for option, choices in (("activation", _ACTIVATIONS), ("norm", _NORMS)):
+        value = options.get(option)
+        if value is not None and value not in choices:
+            raise ConfigError(f"head.{option}={value}: unknown; choose one of {', '.join(choices)}")
 
 
 def out_features(num_classes: int, binary: bool) -> int:
@@ -17,6 +37,7 @@ class LinearHead(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0, binary: bool = False):
         super().__init__()
+        check_options({"dropout": dropout})
         self.binary = binary and num_classes == 2
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_features, out_features(num_classes, binary))
@@ -39,9 +60,7 @@ class MLPHead(nn.Module):
         binary: bool = False,
     ):
         super().__init__()
-        for option, value, choices in (("activation", activation, _ACTIVATIONS), ("norm", norm, _NORMS)):
-            if value is not None and value not in choices:
-                raise ConfigError(f"head.{option}={value}: unknown; choose one of {', '.join(choices)}")
+        check_options({"dropout": dropout, "hidden_sizes": hidden_sizes, "activation": activation, "norm": norm})
         self.binary = binary and num_classes == 2
         layers: list[nn.Module] = []
         width = in_features

@@ -27,6 +27,9 @@ def inference_trainer(trainer: DictConfig, run_dir: str | Path):
     """A Trainer from the ``trainer.`` keyword arguments that only runs a model: no logger, checkpoints or bars."""
     import pytorch_lightning as pl
 
+    from transferlab.config import check_accelerator
+
+    check_accelerator(str(trainer.get("accelerator")))
     kwargs: dict[str, Any] = OmegaConf.to_container(trainer, resolve=True)  # type: ignore[assignment]
     return pl.Trainer(
         **kwargs,

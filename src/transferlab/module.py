@@ -142,6 +142,33 @@ class TransferModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["transferlab"] = self.metadata
 
+    def metric_names(self) -> list[str]:
+        """What training and validation log, each epoch: the names ``monitor`` may take."""
+        return [
+            f"{stage}/{name}" for stage in ("train", "val") for name in ("loss", *self.val_metrics.keys(keep_base=True))
+        ]
+
+
+def read_checkpoint(ckpt_path: str, map_location: str = "cpu") -> dict:
+    """A checkpoint file as a dict, loaded with ``weights_only=True``; an unreadable one is a one-line ConfigError."""
+    from transferlab.errors import ConfigError
+
+    try:
+        checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: file not found; give a checkpoint from a run's checkpoints/"
+        ) from None
+    except Exception as e:  # truncated, not a torch file, or a pickle of code
+        reason = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)[:160]
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: not a readable checkpoint ({type(e).__name__}: {reason}); "
+            "give a checkpoint from a run's checkpoints/"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"ckpt_path={ckpt_path}: holds a {type(checkpoint).__name__}, not a checkpoint")
+    return checkpoint
+
 
 def load_module(ckpt_path: str, map_location: str = "cpu") -> TransferModule:
     """Rebuild a TransferModule from a transferlab checkpoint alone (no data module, no Hydra app).
@@ -151,15 +178,19 @@ def load_module(ckpt_path: str, map_location: str = "cpu") -> TransferModule:
     from transferlab.cli import instantiate
     from transferlab.errors import ConfigError
 
-    try:
-        checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    except FileNotFoundError as e:
-        raise ConfigError(f"ckpt_path={ckpt_path}: file not found; give a checkpoint from a run's checkpoints/") from e
-    meta = checkpoint.get("transferlab") if isinstance(checkpoint, dict) else None
-    if meta is None:
+    checkpoint = read_checkpoint(ckpt_path, map_location)
+    meta = checkpoint.get("transferlab")
+    if not isinstance(meta, dict) or not {"backbone", "head", "class_names"} <= set(meta):
         raise ConfigError(f"ckpt_path={ckpt_path}: not a transferlab checkpoint (no 'transferlab' metadata)")
     backbone = instantiate({**meta["backbone"], "pretrained": False, "weights": None})
     head = instantiate(meta["head"])(in_features=backbone.num_features, num_classes=len(meta["class_names"]))
     module = TransferModule(backbone, head, class_names=meta["class_names"], metadata=meta)
-    module.load_state_dict(checkpoint["state_dict"])
+    try:
+        module.load_state_dict(checkpoint.get("state_dict") or {})
+    except RuntimeError as e:
+        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))[:160]
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: its weights do not fit the model its metadata describes ({first}); "
+            "the file was changed or damaged"
+        ) from None
     return module.eval()

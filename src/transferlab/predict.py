@@ -32,6 +32,9 @@ def predict(cfg: DictConfig) -> Path:
     if OmegaConf.is_missing(cfg, "input_dir") or not cfg.input_dir:
         raise ConfigError("input_dir is required: transferlab-predict ckpt_path=... input_dir=PATH/TO/IMAGES")
     paths = image_paths(cfg.input_dir, cfg.bad_files, cfg.paths.output_dir)
+    output = Path(cfg.output).expanduser()
+    if output.resolve() in {Path(ckpt_path).resolve(), *(p.resolve() for p in paths)}:
+        raise ConfigError(f"output={cfg.output}: is one of the inputs; write the predictions to a new file")
 
     import numpy as np
     import torch
@@ -55,7 +58,6 @@ def predict(cfg: DictConfig) -> Path:
     writer.writerow(COLUMNS)
     for path, index, prob in zip(paths, top_class.tolist(), top_prob.tolist()):
         writer.writerow([str(path), module.class_names[index], f"{prob:.6f}"])
-    output = Path(cfg.output).expanduser()
     write_atomic(output, buffer.getvalue())
     print(f"predicted {len(paths)} images -> {output}")
     return output
@@ -66,7 +68,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     run_task(predict, cfg)
 
 
-main = cli_main(_hydra_main)
+main = cli_main(_hydra_main, "predict")
 
 if __name__ == "__main__":
     main()

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transferlab.plots import pyplot
 from transferlab.report_page import html_page, markdown_page
-from transferlab.run_folder import pyplot, write_atomic
+from transferlab.run_folder import write_atomic
 from transferlab.sweep_results import (
     ReportError,
     Trial,

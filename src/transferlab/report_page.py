@@ -20,6 +20,7 @@ th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: right; white-spac
 th { background: #f4f4f4; } th:last-child { text-align: left; } td.text { text-align: left; white-space: normal; max-width: 28rem; }
 tr.best-row td { background: #eef7ee; font-weight: 600; }
 .completed { color: #2e7d32; } .failed { color: #c62828; } .running { color: #1565c0; } .pending { color: #888; }
+.interrupted { color: #8a6d00; } .dead, .unreadable { color: #c62828; font-style: italic; }
 img { max-width: 100%; border: 1px solid #eee; margin-top: .5rem; }
 """
 

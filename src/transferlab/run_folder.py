@@ -1,50 +1,56 @@
-"""The run folder is the contract everything downstream reads: summary.json, metrics.csv, curves.png, checkpoints/."""
+"""The run folder is the contract everything downstream reads: summary.json, metrics.csv, curves.png, checkpoints/.
+
+A run folder belongs to one run at a time (a lock), says how its run ended (``completed``, ``failed`` or
+``interrupted``, with the reason; a run killed without a word is found dead by its pid, host and heartbeat), and a
+folder that holds a finished run is not written into again unless the run resumes or the user asks.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from transferlab.errors import ConfigError, Interrupted
+
 SUMMARY = "summary.json"
 METRICS = "metrics.csv"
 CURVES = "curves.png"
 CHECKPOINTS = "checkpoints"
+HEARTBEAT = ".heartbeat"  # touched every HEARTBEAT_S seconds while the run lives
+LOCK = ".lock"
+HEARTBEAT_S = 30.0
+DEAD_AFTER_S = 4 * HEARTBEAT_S
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file, then rename: a reader never sees half a file."""
+    """Write to a temporary file, then rename: a reader never sees half a file, and a failed write (a full disk)
+    leaves the old file whole and nothing beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def checkpoint_file(ckpt_path: str, fix: str) -> str:
     """The file ``ckpt_path`` names (``~`` expanded), or a one-line ConfigError ending in ``fix``."""
-    from transferlab.errors import ConfigError
-
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: file not found; {fix}")
     return str(path)
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend: files only, no display needed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
@@ -53,56 +59,150 @@ def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
     return path
 
 
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    summary = json.loads((Path(run_dir) / SUMMARY).read_text())
+    if not isinstance(summary, dict):
+        raise ValueError(f"{SUMMARY} holds a {type(summary).__name__}, not an object")
+    return summary
+
+
+def run_status(run_dir: str | Path, summary: dict[str, Any]) -> str:
+    """The summary's status, except that a ``running`` run whose process is gone is ``dead``: its pid no longer
+    runs on this host, or (another host) its heartbeat stopped."""
+    status = summary.get("status", "pending")
+    if status != "running":
+        return status
+    if summary.get("host") == socket.gethostname() and summary.get("pid"):
+        try:
+            os.kill(int(summary["pid"]), 0)
+        except ProcessLookupError:
+            return "dead"
+        except (PermissionError, ValueError):
+            pass
+        return "running"
+    beat = Path(run_dir) / HEARTBEAT
+    if beat.is_file() and time.time() - beat.stat().st_mtime > DEAD_AFTER_S:
+        return "dead"
+    return status
+
+
+def claim(run_dir: Path, task: str, resuming: bool, overwrite: bool) -> None:
+    """Refuse a folder that holds a finished run, unless this run resumes it or ``overwrite`` is set."""
+    if resuming or overwrite or not (run_dir / SUMMARY).is_file():
+        return
+    try:
+        previous = read_summary(run_dir)
+    except (OSError, ValueError):
+        previous = {"status": "unreadable"}
+    what = f"a {run_status(run_dir, previous)} {previous.get('task', '')} run".replace("  ", " ")
+    fix = "resume it with ckpt_path=last, choose another folder" if task == "train" else "choose another folder"
+    raise ConfigError(f"paths.output_dir={run_dir}: holds {what} ({SUMMARY}); {fix}, or set overwrite=true")
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock; another run holding it is a one-line error."""
+    from filelock import FileLock, Timeout
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = read_summary(run_dir)
+            who = f"pid {holder.get('pid')} on {holder.get('host')}"
+        except (OSError, ValueError):
+            who = "another process"
+        raise ConfigError(
+            f"paths.output_dir={run_dir}: another run ({who}) is using this folder; wait for it or choose another"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @contextmanager
 def recorded(
     run_dir: str | Path, summary: dict[str, Any], write: Callable[..., Any] = write_summary
 ) -> Iterator[dict[str, Any]]:
-    """summary.json says ``running`` while the block runs, then ``completed``, or ``failed`` with the error."""
+    """summary.json says ``running`` (with pid, host and a heartbeat) while the block runs, then ``completed``,
+    ``interrupted`` (a signal) or ``failed``, with the reason. A failed run that resumed a completed one leaves
+    that one's summary as it was."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    run_dir = Path(run_dir)
+    previous = _completed_summary(run_dir)
     start = time.perf_counter()
+    summary.update(pid=os.getpid(), host=socket.gethostname())
     write(run_dir, {**summary, "status": "running"})
+    beat = _Heartbeat(run_dir) if write is write_summary else None
     try:
         yield summary
         summary["status"] = "completed"
+    except (Interrupted, SIGTERMException, KeyboardInterrupt) as e:
+        reason = (
+            e.signal_name if isinstance(e, Interrupted) else "SIGTERM" if isinstance(e, SIGTERMException) else "SIGINT"
+        )
+        summary.update(status="interrupted", reason=reason)
+        raise
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
+        if beat is not None:
+            beat.stop()
         summary["timings"] = {**summary.get("timings", {}), "total_s": round(time.perf_counter() - start, 2)}
-        write(run_dir, summary)
+        if previous is not None and summary["status"] != "completed":
+            summary = previous
+        try:
+            write(run_dir, summary)
+        except OSError:
+            pass  # a full or read-only disk: the error on its way out says so
 
 
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / SUMMARY).read_text())
+def _completed_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        summary = read_summary(run_dir)
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("status") == "completed" else None
+
+
+class _Heartbeat:
+    """Touches the run folder's .heartbeat every HEARTBEAT_S seconds from a daemon thread."""
+
+    def __init__(self, run_dir: Path):
+        self.path, self._stop = run_dir / HEARTBEAT, threading.Event()
+        self._beat()
+        threading.Thread(target=self._run, daemon=True, name="transferlab-heartbeat").start()
+
+    def _beat(self) -> None:
+        try:
+            self.path.touch()
+        except OSError:
+            pass  # a full disk fails the run elsewhere, with its own line
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self._beat()
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def write_metrics(run_dir: str | Path, history: list[dict[str, Any]]) -> None:
     """One row per epoch; columns are the union of keys, epoch first."""
+    import io
+
     columns = list(dict.fromkeys(k for row in history for k in row))
     columns.sort(key=lambda c: (c != "epoch", c))
-    with tempfile.NamedTemporaryFile("w", dir=run_dir, delete=False, newline="", suffix=".tmp") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(f.name, Path(run_dir) / METRICS)
-
-
-def plot_curves(run_dir: str | Path, history: list[dict[str, Any]]) -> Path:
-    """Loss and accuracy per epoch, train and val, side by side."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "acc")):
-        for stage in ("train", "val"):
-            points = [(r["epoch"], r[f"{stage}/{metric}"]) for r in history if r.get(f"{stage}/{metric}") is not None]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=stage)
-        ax.set(xlabel="epoch", ylabel=metric, title=metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    path = Path(run_dir) / CURVES
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    write_atomic(Path(run_dir) / METRICS, text.getvalue())
 
 
 def _jsonable(value: Any) -> Any:
@@ -111,22 +211,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (tuple, set, Path)):
         return list(value) if not isinstance(value, Path) else str(value)
     return str(value)
-
-
-def plot_confusion(path: str | Path, matrix, class_names: list[str]) -> Path:
-    """A confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
-    plt = pyplot()
-    n = len(class_names)
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * n + 2), max(4, 0.5 * n + 2)))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true")
-    ax.set_xticklabels(class_names, rotation=45, ha="right")
-    ax.set_yticklabels(class_names)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, int(matrix[i][j]), ha="center", va="center", fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transferlab.run_folder import METRICS, SUMMARY, read_summary
+from transferlab.run_folder import METRICS, SUMMARY, read_summary, run_status
 
 ERROR_CHARS = 100
 
@@ -24,7 +24,7 @@ class Trial:
     """One job of the sweep: what its folder (or multirun.yaml, before it starts) says about it."""
 
     job: str
-    status: str  # completed | failed | running | pending
+    status: str  # completed | failed | interrupted | running | dead | pending | unreadable
     overrides: list[str] | None  # None: not known yet
     summary: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)  # metrics.csv, numbers only
@@ -68,23 +68,44 @@ def load_trials(multirun_dir: str | Path) -> list[Trial]:
 
 
 def _load_trial(run_dir: Path, planned: list[str] | None) -> Trial:
+    """A job folder as a trial; whatever in it cannot be read makes the trial ``unreadable``, not the report fail."""
     summary: dict[str, Any] = {}
     if (run_dir / SUMMARY).is_file():
         try:
             summary = read_summary(run_dir)
-        except ValueError:  # not JSON (yet): report the job rather than fail the page
+        except (OSError, ValueError):  # not JSON (yet), not an object, unreadable
             summary = {"status": "unreadable"}
+        if any(not isinstance(summary.get(k, {}), dict) for k in ("best", "final", "test", "timings")):
+            summary = {"status": "unreadable", "overrides": summary.get("overrides")}
     overrides = summary.get("overrides")
-    if overrides is None and (run_dir / ".hydra/overrides.yaml").is_file():
-        import yaml
-
-        overrides = yaml.safe_load((run_dir / ".hydra/overrides.yaml").read_text()) or []
-    history = []
+    if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        overrides = _saved_overrides(run_dir)
+    history: list[dict[str, float]] = []
     if (run_dir / METRICS).is_file():
-        with open(run_dir / METRICS, newline="") as f:
-            history = [{k: float(v) for k, v in row.items() if k and _is_finite(v)} for row in csv.DictReader(f)]
-    status = summary.get("status", "pending")
+        try:
+            with open(run_dir / METRICS, newline="") as f:
+                history = [
+                    {k: float(v) for k, v in row.items() if isinstance(k, str) and k and _is_finite(v)}
+                    for row in csv.DictReader(f)
+                ]
+        except (OSError, UnicodeDecodeError, csv.Error):
+            summary = {**summary, "status": "unreadable"}
+    status = run_status(run_dir, summary) if isinstance(summary.get("status", ""), str) else "unreadable"
     return Trial(run_dir.name, status, overrides if overrides is not None else planned, summary, history)
+
+
+def _saved_overrides(run_dir: Path) -> list[str] | None:
+    """The job's overrides as Hydra saved them, or None when they are not there or not readable."""
+    path = run_dir / ".hydra/overrides.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        saved = yaml.safe_load(path.read_text()) or []
+    except (OSError, yaml.YAMLError):
+        return None
+    return [str(o) for o in saved] if isinstance(saved, list) else None
 
 
 def _planned_jobs(root: Path) -> list[list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -13,8 +14,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.cli import cli_main, conf_dir, instantiate, job_overrides, run_task
-from transferlab.config import validate
-from transferlab.run_folder import CHECKPOINTS, recorded, write_summary
+from transferlab.config import check_accelerator, validate
+from transferlab.errors import ConfigError
+from transferlab.run_folder import CHECKPOINTS, claim, locked, recorded, write_summary
 
 log = logging.getLogger("transferlab")
 
@@ -33,7 +35,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    with recorded(run_dir, summary, write):
+    lock = contextlib.nullcontext()  # DDP ranks share rank 0's run folder, and rank 0 holds its lock
+    if rank_zero_only.rank == 0:
+        claim(run_dir, "train", resuming=bool(cfg.get("ckpt_path")), overwrite=bool(cfg.get("overwrite")))
+        lock = locked(run_dir)
+    with lock, recorded(run_dir, summary, write):
         validate(cfg)
         summary.update(_fit(cfg, run_dir))
     return summary
@@ -43,10 +49,12 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     from transferlab.callbacks import EpochHistory, RngState
+    from transferlab.errors import ConfigError
     from transferlab.loggers import finish_loggers
     from transferlab.module import TransferModule
     from transferlab.phase_control import PhaseControl
 
+    check_accelerator(str(cfg.trainer.get("accelerator")))
     pl.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.backbone)
     schedule = instantiate(cfg.schedule, num_groups=len(backbone.layer_groups))
@@ -70,6 +78,9 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         },
     )
 
+    if cfg.monitor not in module.metric_names():
+        names = ", ".join(module.metric_names())
+        raise ConfigError(f"monitor={cfg.monitor}: no step logs it; choose one of {names}")
     history = EpochHistory(run_dir)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
@@ -91,9 +102,27 @@ def trainer_config(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in cfg.trainer.items() if k not in ("compile", "channels_last")}
 
 
+def check_resumable(ckpt_path: str, module) -> None:
+    """A checkpoint to resume from must be readable and of this model (architecture and classes)."""
+    from transferlab.module import read_checkpoint
+
+    state = read_checkpoint(ckpt_path).get("state_dict") or {}
+    ours = module.state_dict()
+    differ = [k for k in ours if k not in state or tuple(state[k].shape) != tuple(ours[k].shape)]
+    differ += [k for k in state if k not in ours]
+    if differ:
+        key = differ[0]
+        theirs = tuple(state[key].shape) if key in state else "absent"
+        mine = tuple(ours[key].shape) if key in ours else "absent"
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: a checkpoint of another model ({len(differ)} tensors differ, e.g. {key}: "
+            f"{theirs} in the file, {mine} here); resume with the config it was trained with"
+        )
+
+
 def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, phases, history, loggers) -> dict[str, Any]:
     from transferlab.loggers import report_to_loggers
-    from transferlab.run_folder import plot_curves
+    from transferlab.plots import plot_curves
 
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the W&B run config, hparams.yaml
@@ -103,6 +132,8 @@ def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, phases, histo
         module.compile()
 
     ckpt_path = _resume_path(cfg.get("ckpt_path"), run_dir)
+    if ckpt_path is not None:
+        check_resumable(ckpt_path, module)
     fit_start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_s = time.perf_counter() - fit_start
@@ -152,7 +183,7 @@ def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, phases, histo
 
 def _test_best(trainer, module, datamodule, run_dir: Path) -> dict[str, float]:
     """Score the best checkpoint (or the model as it ended, without one) on the test split; plot its confusion."""
-    from transferlab.run_folder import plot_confusion
+    from transferlab.plots import plot_confusion
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else None
@@ -219,7 +250,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return (summary.get("best") or {}).get(cfg.monitor) if summary else None
 
 
-main = cli_main(_hydra_main)
+main = cli_main(_hydra_main, "train")
 
 if __name__ == "__main__":
     main()

@@ -274,11 +274,12 @@ def load_weights(
     missing = [k for k in model_state if k not in filtered and k not in mismatched and k.rsplit(".", 1)[-1] != _COUNTER]
     report = LoadReport(shown, len(filtered), missing, unexpected, dropped, mismatched)
 
-    if not filtered:
+    if not any(k.rsplit(".", 1)[-1] != _COUNTER for k in filtered):  # BatchNorm counters alone are no weights
         file_like = raw[0] if raw else "none"
         model_like = next(iter(model_state), "none")
         raise ConfigError(
-            f"backbone.weights={shown}: 0 of {len(raw)} tensors fit the model (file keys look like "
+            f"backbone.weights={shown}: 0 of {len(raw)} tensors fit the model ({len(mismatched)} of another shape; "
+            f"file keys look like "
             f"{file_like!r}, model keys like {model_like!r}); set backbone.weights_prefix / "
             "backbone.weights_key or use weights for this architecture"
         )

@@ -36,6 +36,7 @@ def check_options(options: Mapping[str, Any]) -> None:
     _whole("batch_size", get("batch_size"), 1, "32")
     _whole("eval_batch_size", get("eval_batch_size"), 1, "32")
     _whole("num_workers", get("num_workers"), 0, "0 (0 loads in the main process)")
+    _whole("input_size", get("input_size"), 1, "224")
 
 
 def check_digit_classes(classes: list[int] | None) -> list[int] | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from transferlab.errors import ConfigError
@@ -49,13 +49,37 @@ class LabeledImages(Dataset):
         return self.transform(load_rgb(self.items[index])), int(self.labels[index])
 
 
-def load_rgb(item) -> Image.Image:
-    """An item of a :class:`Split` as an RGB PIL image."""
+def load_rgb(item, draft: bool = False) -> Image.Image:
+    """An item of a :class:`Split` as an 8-bit RGB PIL image (see :func:`to_rgb`), decoded in full.
+
+    ``draft`` lets a JPEG decode at a reduced scale: every byte is still read, which is what screening needs."""
     if isinstance(item, np.ndarray):
         return Image.fromarray(item)  # HxWx3 uint8 -> RGB
     with Image.open(item) as raw:
-        # Palette images with transparency (GIFs) go through RGBA so PIL maps the palette cleanly.
-        return raw.convert("RGBA" if raw.mode == "P" else "RGB").convert("RGB")
+        if draft:
+            raw.draft("RGB", (max(1, raw.width // 8), max(1, raw.height // 8)))
+        raw.load()  # a truncated or corrupt file fails here, not in the middle of training
+        return to_rgb(raw)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode a camera or scanner writes, as 8-bit RGB: the EXIF orientation applied; 16- and 32-bit integer
+    grayscale scaled from the 16-bit range (PIL's own conversion clips it, which turns most such images white);
+    palette, CMYK, YCbCr and 1-bit converted; transparency composited over white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit) and I (32-bit, how PIL reads some 16-bit files)
+        values = np.asarray(image).astype(np.float64)
+        gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if image.mode == "F":
+        raise ValueError("a 32-bit floating-point image (mode F) has no fixed range; save it as 8- or 16-bit")
+    if image.mode in ("P", "PA", "LA", "La", "RGBa") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        white = Image.new("RGB", image.size, (255, 255, 255))
+        white.paste(image, mask=image.getchannel("A"))
+        return white
+    return image.convert("RGB")
 
 
 def decoded(split: Split) -> Split:
@@ -165,12 +189,12 @@ def _scan_classes(root: Path, folder: Path, class_names: list[str], where: str |
 
 
 def find_unreadable(paths: Sequence[Path]) -> dict[Path, str]:
-    """Files PIL cannot read as images, with the reason; ``verify()`` checks structure without decoding."""
+    """Files that cannot be read in full as RGB images, with the reason: each is decoded (JPEGs at a reduced
+    scale), so a truncated file is found here and not in the middle of training."""
     bad = {}
     for path in paths:
         try:
-            with Image.open(path) as image:
-                image.verify()
+            load_rgb(path, draft=True)
         except Exception as error:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
             bad[path] = f"{type(error).__name__}: {error}"
     return bad

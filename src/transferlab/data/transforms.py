@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,14 +33,17 @@ def resolve_data_config(
     """The backbone's data config (or the defaults) with ``data.input_size/mean/std`` overrides applied."""
     config = {**DEFAULT_DATA_CONFIG, **dict(data_config or {})}
     if input_size is not None:
-        if int(input_size) < 1:
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
             raise ConfigError(f"data.input_size={input_size} must be a positive number of pixels, e.g. 224")
         config["input_size"] = (3, int(input_size), int(input_size))
     for name, value in (("mean", mean), ("std", std)):
         if value is not None:
             config[name] = value
         # Hydra hands over ListConfig and timm hands over tuples: normalise to tuples of floats.
-        config[name] = tuple(float(v) for v in config[name])
+        values = config[name] if isinstance(config[name], Sequence) and not isinstance(config[name], str) else [None]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ConfigError(f"data.{name}={config[name]} must be 3 numbers (R,G,B), e.g. [0.5,0.5,0.5]")
+        config[name] = tuple(float(v) for v in values)
         if len(config[name]) != 3:
             raise ConfigError(f"data.{name}={list(config[name])} must have 3 values (R,G,B), e.g. [0.5,0.5,0.5]")
     if any(s <= 0 for s in config["std"]):

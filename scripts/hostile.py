@@ -1,0 +1,347 @@
+"""Hostile cases against the installed CLI: what a careless or unlucky user feeds transferlab.
+
+    python scripts/hostile.py [--keep DIR]
+
+Every case runs a console script (transferlab-train, -eval, -predict, -report) in a fresh folder and is judged:
+- clean: the expected outcome; a mistake ends with one ``error:`` line and exit status 2 (a signal: 130/143);
+- traceback: a traceback, Hydra's multi-line block, or an error that is not one line;
+- silent: it went on (exit 0) where it should have refused, or the result is wrong;
+- lost: something the user had (a finished run, an input file) was overwritten or removed.
+The last line is ``N cases: clean X, traceback T, silent S, lost L``. About 5 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+BIN = Path(sys.executable).parent
+TINY = ["backbone.name=test_resnet", "data.classes=[0,1,2]", "data.input_size=32", "trainer.max_epochs=1",
+        "trainer.accelerator=cpu", "trainer.devices=1", "logger=none"]  # fmt: skip
+
+
+@dataclass
+class Case:
+    name: str
+    command: str
+    args: list[str]
+    expect: str = "error"  # error | ok | a custom judge
+    judge: Callable[[subprocess.CompletedProcess, Path], str] | None = None
+    setup: Callable[[Path], None] | None = None
+
+
+def run(command: str, *args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([BIN / command, *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> bool:
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    return result.returncode == 2 and len(errors) == 1 and lines[-1] == errors[0]
+
+
+def verdict(result: subprocess.CompletedProcess, expect: str) -> str:
+    broke = "Traceback" in result.stderr or "Error executing job" in result.stderr
+    if expect == "error":
+        if one_error_line(result) and not broke:
+            return "clean"
+        return "silent" if result.returncode == 0 else "traceback"
+    if result.returncode == 0 and not broke:
+        return "clean"
+    return "traceback"
+
+
+# --- inputs -----------------------------------------------------------------------------------------------------
+
+
+def photo(path: Path, seed: int, size=(48, 40)) -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "JPEG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def photo_tree(root: Path, odd: dict[str, Callable[[Path], None]] | None = None) -> Path:
+    for c, name in enumerate(("cat", "dog")):
+        for i in range(8):
+            photo(root / name / f"{i}.jpg", seed=10 * c + i)
+    for file, make in (odd or {}).items():
+        make(root / file)
+    return root
+
+
+def truncated(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = photo(path, seed=99)
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def png16(path: Path) -> None:
+    """A mid-grey 16-bit grayscale PNG (PIL's plain conversion makes it white)."""
+    height, width = 40, 48
+    raw = b"".join(b"\x00" + np.full(width, 32896, dtype=">u2").tobytes() for _ in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
+def odd_modes(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    png16(root / "gray16.png")
+    Image.new("CMYK", (48, 40), (0, 255, 0, 0)).save(root / "cmyk.jpg")
+    Image.new("RGBA", (48, 40), (0, 0, 0, 0)).save(root / "clear.png")
+    Image.new("P", (48, 40), 3).save(root / "palette.gif")
+    Image.new("I;16", (48, 40)).save(root / "black16.tif")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "absent"
+
+
+# --- the cases --------------------------------------------------------------------------------------------------
+
+
+def cases(work: Path, ckpt: Path, done: Path) -> list[Case]:
+    """``ckpt``: a trained 3-class test_resnet checkpoint; ``done``: its completed run folder."""
+    c: list[Case] = []
+    for args in (
+        ["optimizer.lrr=1e-3"], ["+optimiser.lr=1e-3"], ["+seed=3"], ["optimizer.lr=[1,2"], ["optimizer.lr=nan"],
+        ["optimizer.lr=inf"], ["optimizer.lr=abc"], ["optimizer.lr=-1"], ["seed=abc"], ["seed=-5"],
+        ["data.samples_per_class=abc"], ["data.samples_per_class=0"], ["data.train_fraction=nan"],
+        ["data.val_fraction=1.5"], ["data.batch_size=0"], ["data.batch_size=2.5"], ["data.num_workers=-1"],
+        ["data.input_size=abc"], ["data.mean=[1,2]"], ["data.classes=[1,1]"], ["data.classes=[0,11]"],
+        ["head=mlp", "head.hidden_sizes=[-4]"], ["head=mlp", "head.hidden_sizes=abc"], ["head.dropout=2"],
+        ["head=conv"], ["schedule=cyclic"], ["schedule.freeze_depth=99"], ["schedule.freeze_depth=-1"],
+        ["schedule.backbone_lr_mult=0"], ["schedule.bn_mode=eval"], ["schedule=gradual", "schedule.unfreeze_every=0"],
+        ["trainer.max_epochs=0"], ["trainer.precision=8"], ["trainer.accelerator=gpu"], ["monitor=val/acc5"],
+        ["monitor_mode=up"], ["label_smoothing=nan"], ["test=maybe"], ["+data.colour=rgb"],
+        ["backbone.name=resnet_nope"], ["backbone.weights=~/no-such-weights.pth"], ["ckpt_path=/no/such.ckpt"],
+        ["data=folder"], ["data=folder", "data.root=/no/such/folder"],
+    ):  # fmt: skip
+        c.append(Case(f"train {' '.join(args)}", "transferlab-train", [*TINY, *args]))
+
+    # Weights and checkpoints that do not fit.
+    def weights(kind: str) -> Callable[[Path], None]:
+        def make(case_dir: Path) -> None:
+            import torch
+            from safetensors.torch import save_file
+
+            target = case_dir / f"w.{kind}"
+            if kind == "pth":
+                target.write_bytes(ckpt.read_bytes()[:4000])  # truncated
+            elif kind == "safetensors":
+                import timm
+
+                state = timm.create_model("test_resnet", num_classes=0).state_dict()
+                save_file(
+                    {k: torch.zeros(*(s + 1 for s in v.shape)) if v.ndim else v for k, v in state.items()}, target
+                )
+            else:  # a pickle that would run code
+                target.write_bytes(b"cos\nsystem\n(S'touch " + str(case_dir / "pwned").encode() + b"'\ntR.")
+
+        return make
+
+    for kind in ("pth", "safetensors", "pkl"):
+        c.append(Case(f"train backbone.weights=<bad {kind}>", "transferlab-train", [*TINY, "backbone.weights={dir}/w." + kind],
+                      setup=weights(kind), judge=lambda r, d: "silent" if (d / "pwned").exists() else verdict(r, "error")))  # fmt: skip
+
+    def cut_ckpt(case_dir: Path) -> None:
+        (case_dir / "cut.ckpt").write_bytes(ckpt.read_bytes()[:5000])
+
+    c += [
+        Case("train ckpt_path=<truncated>", "transferlab-train", [*TINY, "ckpt_path={dir}/cut.ckpt"], setup=cut_ckpt),
+        Case("train ckpt_path=<2-class model>", "transferlab-train", [*TINY, "data.classes=[0,1]", f"ckpt_path={ckpt}"]),
+        Case("train ckpt_path=<other architecture>", "transferlab-train", [*TINY, "backbone.name=test_convnext", f"ckpt_path={ckpt}"]),
+        Case("eval ckpt_path=<truncated>", "transferlab-eval", ["ckpt_path={dir}/cut.ckpt", "trainer.accelerator=cpu"], setup=cut_ckpt),
+        Case("eval ckpt_path=<not a checkpoint>", "transferlab-eval", ["ckpt_path={dir}/x.ckpt", "trainer.accelerator=cpu"],
+             setup=lambda d: (d / "x.ckpt").write_text("hello")),
+        Case("eval split=bogus", "transferlab-eval", [f"ckpt_path={ckpt}", "split=bogus"]),
+        Case("predict ckpt_path=<truncated>", "transferlab-predict", ["ckpt_path={dir}/cut.ckpt", "input_dir={dir}/in"],
+             setup=lambda d: (cut_ckpt(d), photo(d / "in/a.jpg", 1))),
+        Case("predict input_dir=<empty>", "transferlab-predict", [f"ckpt_path={ckpt}", "input_dir={dir}/in"],
+             setup=lambda d: (d / "in").mkdir()),
+        Case("predict bad_files=maybe", "transferlab-predict", [f"ckpt_path={ckpt}", "input_dir={dir}", "bad_files=maybe"]),
+        Case("predict output=<the checkpoint>", "transferlab-predict",
+             ["ckpt_path={dir}/c.ckpt", "input_dir={dir}/in", "output={dir}/c.ckpt"],
+             setup=lambda d: (shutil.copy(ckpt, d / "c.ckpt"), photo(d / "in/a.jpg", 1)),
+             judge=lambda r, d: "lost" if digest(d / "c.ckpt") != digest(ckpt) else verdict(r, "error")),
+    ]  # fmt: skip
+
+    # Images: broken and odd files.
+    def predicted(result: subprocess.CompletedProcess, case_dir: Path) -> str:
+        out = case_dir / "run/predictions.csv"
+        if result.returncode != 0 or not out.is_file():
+            return verdict(result, "ok")
+        rows = out.read_text().splitlines()[1:]
+        listed = (case_dir / "run/bad_files.txt").read_text() if (case_dir / "run/bad_files.txt").is_file() else ""
+        return "clean" if len(rows) == 16 and "cut.jpg" in listed else "silent"
+
+    c += [
+        Case("predict <a truncated jpeg among 16>", "transferlab-predict", [f"ckpt_path={ckpt}", "input_dir={dir}/in"],
+             setup=lambda d: photo_tree(d / "in", {"cat/cut.jpg": truncated}), judge=predicted),
+        Case("train data=folder <a truncated jpeg> bad_files=error", "transferlab-train",
+             [*TINY[:1], "data=folder", "data.root={dir}/in", "data.bad_files=error", "data.val_fraction=0.25",
+              "trainer.max_epochs=1", "logger=none", "data.input_size=32", "data.num_workers=0"],
+             setup=lambda d: photo_tree(d / "in", {"cat/cut.jpg": truncated})),
+        Case("train data=folder <a truncated jpeg> bad_files=skip", "transferlab-train",
+             [*TINY[:1], "data=folder", "data.root={dir}/in", "data.val_fraction=0.25", "trainer.max_epochs=1",
+              "logger=none", "data.input_size=32", "data.num_workers=0"],
+             setup=lambda d: photo_tree(d / "in", {"cat/cut.jpg": truncated}),
+             judge=lambda r, d: verdict(r, "ok") if "cut.jpg" in _read(d / "run/bad_files.txt") else "silent"),
+        Case("predict <16-bit, CMYK, alpha, palette images>", "transferlab-predict", [f"ckpt_path={ckpt}", "input_dir={dir}/in"],
+             setup=lambda d: odd_modes(d / "in"),
+             judge=lambda r, d: verdict(r, "ok") if len(_read(d / "run/predictions.csv").splitlines()) == 6 else "silent"),
+        Case("report <malformed trials>", "transferlab-report", ["{dir}/sweep"], expect="ok",
+             setup=lambda d: _malformed_sweep(d / "sweep", done)),
+    ]  # fmt: skip
+
+    # The run folder.
+    c += [
+        Case("train into a completed run's folder", "transferlab-train", [*TINY, "hydra.run.dir={dir}/done"],
+             setup=lambda d: shutil.copytree(done, d / "done"),
+             judge=lambda r, d: "lost" if digest(d / "done/summary.json") != digest(done / "summary.json") else verdict(r, "error")),
+        Case("resume a moved run (ckpt_path=last)", "transferlab-train",
+             [*TINY, "trainer.max_epochs=2", "ckpt_path=last", "hydra.run.dir={dir}/moved"],
+             setup=lambda d: shutil.copytree(done, d / "moved"), judge=_resumed_in_place),
+        Case("resume a completed run with a mismatched model", "transferlab-train",
+             [*TINY, "data.classes=[0,1]", "ckpt_path=last", "hydra.run.dir={dir}/done"],
+             setup=lambda d: shutil.copytree(done, d / "done"),
+             judge=lambda r, d: "lost" if _status(d / "done") != "completed" else verdict(r, "error")),
+        Case("eval into a train run's folder", "transferlab-eval", [f"ckpt_path={ckpt}", "hydra.run.dir={dir}/done"],
+             setup=lambda d: shutil.copytree(done, d / "done"),
+             judge=lambda r, d: "lost" if digest(d / "done/summary.json") != digest(done / "summary.json") else verdict(r, "error")),
+    ]  # fmt: skip
+    return c
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def _resumed_in_place(result: subprocess.CompletedProcess, case_dir: Path) -> str:
+    if result.returncode != 0:
+        return verdict(result, "ok")
+    summary = json.loads((case_dir / "moved/summary.json").read_text())
+    best = (summary.get("checkpoints") or {}).get("best") or ""
+    return "clean" if best.startswith(str(case_dir / "moved")) and summary["epochs"] == 2 else "silent"
+
+
+def _malformed_sweep(sweep: Path, done: Path) -> None:
+    shutil.copytree(done, sweep / "0")
+    for job, text in (("1", "{not json"), ("2", "[1, 2]"), ("3", '{"status": 7, "best": "x"}')):
+        (sweep / job).mkdir(parents=True)
+        (sweep / job / "summary.json").write_text(text)
+
+
+def signal_cases(work: Path) -> list[tuple[str, str]]:
+    """SIGTERM, SIGINT and kill -9 in the middle of training; then the report on the killed one."""
+    out = []
+    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGKILL, -9)):
+        run_dir = work / f"signal-{signum.name}" / "0"
+        cli = subprocess.Popen([BIN / "transferlab-train", *TINY, "trainer.max_epochs=200", f"hydra.run.dir={run_dir}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.time() + 120
+        while not (run_dir / "metrics.csv").is_file() and cli.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        cli.send_signal(signum)
+        _, err = cli.communicate(timeout=120)
+        status = _status(run_dir)
+        if signum == signal.SIGKILL:
+            report = run("transferlab-report", str(run_dir.parent))
+            dead = "| dead |" in report.stdout
+            out.append(("kill -9, then the report", "clean" if dead else "silent"))
+        elif "Traceback" in err:
+            out.append((f"{signum.name} mid-training", "traceback"))
+        else:
+            ok = cli.returncode == code and status == "interrupted"
+            out.append((f"{signum.name} mid-training", "clean" if ok else "silent"))
+    return out
+
+
+def full_disk_case(work: Path) -> tuple[str, str] | None:
+    disk = work / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True).returncode:
+        return None
+    try:
+        result = run("transferlab-train", *TINY, f"hydra.run.dir={disk}/run")
+        leftovers = [
+            p
+            for p in disk.rglob("*")
+            if ".partial" in p.name or ".tmp" in p.name or p.name.startswith(".summary.json.")
+        ]
+        return ("train onto a full disk", "lost" if leftovers else verdict(result, "error"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="transferlab-hostile-"))
+    work.mkdir(parents=True, exist_ok=True)
+    done = work / "trained"
+    trained = run("transferlab-train", *TINY, f"hydra.run.dir={done}")
+    if trained.returncode != 0:
+        print(trained.stderr[-3000:], file=sys.stderr)
+        return 1
+    ckpt = done / "checkpoints/best.ckpt"
+    results: list[tuple[str, str]] = []
+    for i, case in enumerate(cases(work, ckpt, done)):
+        case_dir = work / f"case{i:02d}"
+        case_dir.mkdir()
+        if case.setup:
+            case.setup(case_dir)
+        argv = [a.replace("{dir}", str(case_dir)) for a in case.args]
+        if not any(a.startswith("hydra.run.dir=") for a in argv) and case.command != "transferlab-report":
+            argv.append(f"hydra.run.dir={case_dir}/run")
+        result = run(case.command, *argv)
+        results.append((case.name, case.judge(result, case_dir) if case.judge else verdict(result, case.expect)))
+        print(f"{results[-1][1]:>9}  {case.name}", flush=True)
+        if results[-1][1] != "clean":
+            print("           " + (result.stderr.strip().splitlines() or ["(no output)"])[-1][:300], flush=True)
+    for name, outcome in signal_cases(work) + [c for c in [full_disk_case(work)] if c]:
+        results.append((name, outcome))
+        print(f"{outcome:>9}  {name}", flush=True)
+    counts = {k: sum(outcome == k for _, outcome in results) for k in ("clean", "traceback", "silent", "lost")}
+    print(f"{len(results)} cases: clean {counts['clean']}, traceback {counts['traceback']}, "
+          f"silent {counts['silent']}, lost {counts['lost']}")  # fmt: skip
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if counts["clean"] == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Checks of the command line's overrides, before Hydra composes the job: one line for each mistake, not Hydra's
+multi-line report. The values themselves are checked later, by the code that owns each option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transferlab.errors import ConfigError
+
+# Where ``+key=value`` may add keys that no config file has: collections of targets (callbacks, loggers), keyword
+# arguments of the Trainer, and the data changes of eval. Under any node with a ``_target_`` an added key is an
+# extra keyword argument of that target, which its instantiation checks.
+OPEN_ROOTS = ("callbacks", "logger", "trainer", "data", "hydra")
+COMMAND_FLAGS = ("-m", "--multirun")  # anything else (--help, --cfg, -cd, ...) is left to Hydra
+
+
+def check_group_choices(overrides: list[str], root: str | Path) -> None:
+    """Name an unknown config group option in one line, before Hydra prints its multi-line report."""
+    root = Path(root)
+    for arg in overrides:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        group = key.lstrip("+~").removeprefix("override ").strip()
+        if not group or not (root / group).is_dir() or value.startswith("$") or not value:
+            continue
+        choices = sorted(p.stem for p in (root / group).glob("*.yaml"))
+        for option in value.strip("[]").split(","):
+            option = option.strip()
+            if option and option != "null" and option not in choices:
+                raise ConfigError(f"{group}={option}: unknown option; choose one of {', '.join(choices)}")
+
+
+def check_overrides(argv: list[str], root: str | Path, config_name: str) -> None:
+    """Parse every override and compose the config once with them (a sweep's first value of each swept key), so
+    that a syntax error, an unknown key or a ``+`` on an existing key is one line before the job starts."""
+    if any(a.startswith("-") and a not in COMMAND_FLAGS for a in argv):
+        return
+    check_group_choices(argv, root)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in argv:
+        if arg in COMMAND_FLAGS:
+            continue
+        try:
+            parsed.append((arg, parser.parse_override(arg)))
+        except HydraException as e:
+            reason = _first_line(e).removeprefix("Error parsing override ").strip()
+            raise ConfigError(
+                f"{arg}: not a valid override ({reason}); write KEY=VALUE, e.g. optimizer.lr=1e-3"
+            ) from None
+    job = []
+    for arg, override in parsed:
+        key = override.get_key_element()
+        if key.lstrip("+~").startswith("hydra"):
+            continue  # Hydra's own settings: Hydra checks them
+        if override.is_sweep_override():
+            job.append(f"{key}={next(override.sweep_string_iterator())}")
+        else:
+            job.append(arg)
+    cfg = _compose(root, config_name, job)
+    for arg, override in parsed:
+        if override.is_add() and not override.is_force_add():
+            _check_added(cfg, override.key_or_group, arg, Path(root))
+
+
+def _compose(root: str | Path, config_name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(root), version_base="1.3"):
+            return compose(config_name, overrides=overrides)
+    except HydraException as e:
+        raise ConfigError(_composition_error(str(e))) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _composition_error(message: str) -> str:
+    """Hydra's report of a failed composition, as one line that names the override and the fix."""
+    import re
+
+    if found := re.search(r"Could not override '([^']+)'", message):
+        key = found.group(1)
+        return f"{key}: no such option in the config; check its spelling (transferlab-train --cfg job lists them)"
+    if found := re.search(r"An item is already at '([^']+)'", message):
+        key = found.group(1)
+        return f"+{key}: {key} is already an option; set it without the +: {key}=..."
+    if found := re.search(r"Could not delete from config. (?:The value of )?'?([^' ]+)", message):
+        return f"~{found.group(1)}: no such option to remove"
+    return f"overrides: {_first_line(message)}; check the command line"
+
+
+def _check_added(cfg, key: str, arg: str, root: Path) -> None:
+    """A ``+key=value`` that nothing would read is refused (see OPEN_ROOTS)."""
+    from omegaconf import OmegaConf
+
+    parts = key.split(".")
+    if parts[0] in OPEN_ROOTS or (root / key).is_dir():
+        return
+    node = cfg
+    for part in parts[:-1]:
+        node = node.get(part) if OmegaConf.is_dict(node) else None
+        if OmegaConf.is_dict(node) and "_target_" in node:
+            return
+    if len(parts) == 1 and "${" + key in OmegaConf.to_yaml(cfg):
+        return  # a value the configs interpolate (e.g. the quickstart's source_run)
+    raise ConfigError(f"{arg}: transferlab has no option {key}, so nothing would read it; check its spelling")
+
+
+def _first_line(error: object) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
