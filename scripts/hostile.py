@@ -289,19 +289,21 @@ def signal_cases(work: Path) -> list[tuple[str, str]]:
     return out
 
 
-def full_disk_case(work: Path) -> tuple[str, str] | None:
+def disk_cases(work: Path) -> list[tuple[str, str]]:
+    """Training onto a full disk (a 600 KB tmpfs), then onto a read-only one; none where no tmpfs can be mounted."""
     disk = work / "disk"
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True).returncode:
-        return None
+        print("(no full or read-only disk cases: cannot mount a tmpfs here)")
+        return []
     try:
         result = run("transferlab-train", *TINY, f"hydra.run.dir={disk}/run")
-        leftovers = [
-            p
-            for p in disk.rglob("*")
-            if ".partial" in p.name or ".tmp" in p.name or p.name.startswith(".summary.json.")
-        ]
-        return ("train onto a full disk", "lost" if leftovers else verdict(result, "error"))
+        temporary = (".partial", ".tmp", ".summary.json.")
+        leftovers = [p for p in disk.rglob("*") if any(t in p.name for t in temporary)]
+        out = [("train onto a full disk", "lost" if leftovers else verdict(result, "error"))]
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        read_only = run("transferlab-train", *TINY, f"hydra.run.dir={disk}/other")
+        return [*out, ("train onto a read-only disk", verdict(read_only, "error"))]
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 
@@ -332,7 +334,7 @@ def main() -> int:
         print(f"{results[-1][1]:>9}  {case.name}", flush=True)
         if results[-1][1] != "clean":
             print("           " + (result.stderr.strip().splitlines() or ["(no output)"])[-1][:300], flush=True)
-    for name, outcome in signal_cases(work) + [c for c in [full_disk_case(work)] if c]:
+    for name, outcome in signal_cases(work) + disk_cases(work):
         results.append((name, outcome))
         print(f"{outcome:>9}  {name}", flush=True)
     counts = {k: sum(outcome == k for _, outcome in results) for k in ("clean", "traceback", "silent", "lost")}

@@ -268,7 +268,7 @@ def test_a_moved_run_resumes_from_its_own_checkpoints_and_a_failed_resume_keeps_
     assert (moved / "summary.json").read_text() == completed
 
 
-def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(tmp_path):
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_no_temporary_files(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True)
@@ -280,6 +280,10 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(tmp_path):
         assert "No space left on device" in line or "file write failed" in line, line
         leftovers = [p.name for p in (disk / "run").rglob("*") if ".partial" in p.name or ".tmp" in p.name]
         assert leftovers == [] and not list((disk / "run").glob(".summary.json.*"))
+
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        read_only = run_cli("transferlab-train", *TINY, f"hydra.run.dir={disk}/other")
+        assert "cannot be written (read-only or not yours)" in _one_error_line(read_only)
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 

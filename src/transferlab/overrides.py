@@ -65,6 +65,25 @@ def check_overrides(argv: list[str], root: str | Path, config_name: str) -> None
     for arg, override in parsed:
         if override.is_add() and not override.is_force_add():
             _check_added(cfg, override.key_or_group, arg, Path(root))
+    _check_writable(argv)
+
+
+def _check_writable(argv: list[str]) -> None:
+    """The run (or sweep) folder must be writable: Hydra writes into it before any job code runs."""
+    import os
+
+    option, folder = "hydra.run.dir", "outputs"  # the default run and sweep folders are under ./outputs
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            option, folder = key, value
+    existing = Path(folder).expanduser().absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{option}={folder}: {existing} cannot be written (read-only or not yours); choose another folder"
+        )
 
 
 def _compose(root: str | Path, config_name: str, overrides: list[str]):
