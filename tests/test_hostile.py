@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from transferlab.data import ClassificationDataModule
-from transferlab.data.sources import find_unreadable, load_rgb
+from transferlab.data.images import find_unreadable, load_rgb
 from transferlab.errors import ConfigError
 from transferlab.sweep_results import load_trials
 from transferlab.train import train

@@ -43,7 +43,7 @@ def inference_trainer(trainer: DictConfig, run_dir: str | Path):
 
 def image_paths(input_dir: str, policy: str, run_dir: str | Path) -> list[Path]:
     """The readable image files under ``input_dir``, sorted; unreadable ones per ``policy`` (``bad_files``)."""
-    from transferlab.data.sources import IMG_EXTENSIONS, image_files, screen
+    from transferlab.data.images import IMG_EXTENSIONS, image_files, screen
 
     root = Path(str(input_dir)).expanduser()
     if not root.is_dir():

@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.cli import cli_main, conf_dir, run_task
-from transferlab.data.sources import BAD_FILE_POLICIES
+from transferlab.data.images import BAD_FILE_POLICIES
 from transferlab.errors import ConfigError
 from transferlab.inference import checkpoint_path, image_paths, inference_trainer
 from transferlab.run_folder import write_atomic

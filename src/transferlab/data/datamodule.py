@@ -15,7 +15,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab import features
-from transferlab.data import sources
+from transferlab.data import images, sources
 from transferlab.data.options import check_digit_classes, check_options
 from transferlab.data.sampling import EpochShuffle
 from transferlab.data.transforms import build_transform, resolve_data_config
@@ -239,7 +239,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         """Apply data.bad_files to files PIL cannot read; skipped ones go to output_dir/bad_files.txt."""
         paths = [path for split in raw.values() for path in split.items]
         subject = f"data.root={self.root}"
-        bad, skipped = sources.screen(paths, self.bad_files, "data.bad_files", self.root, subject, self.output_dir)
+        bad, skipped = images.screen(paths, self.bad_files, "data.bad_files", self.root, subject, self.output_dir)
         if skipped is None:
             return raw
         warnings.warn(skipped, stacklevel=2)

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from transferlab.data.sources import BAD_FILE_POLICIES
+from transferlab.data.images import BAD_FILE_POLICIES
 from transferlab.data.transforms import AUGMENT_PRESETS
 from transferlab.errors import ConfigError
 
