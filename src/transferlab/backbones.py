@@ -40,6 +40,7 @@ def create_backbone(
     weights: str | None = None,
     weights_key: str | None = None,
     weights_prefix: str | None = None,
+    weights_match: str = "name",
     strict: bool = False,
     layer_groups: list[str] | None = None,
     num_features: int | None = None,
@@ -75,7 +76,13 @@ def create_backbone(
     if weights:
         classifier = [name for name in CLASSIFIER_NAMES if not _has_submodule(model, name)]
         result = load_weights(
-            model, weights, key=weights_key, prefix=weights_prefix, strict=strict, classifier=classifier
+            model,
+            weights,
+            key=weights_key,
+            prefix=weights_prefix,
+            strict=strict,
+            classifier=classifier,
+            match=weights_match,
         )
         report = result.line()
         log.info(report)

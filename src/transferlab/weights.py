@@ -22,7 +22,15 @@ from torch import nn
 from transferlab.errors import ConfigError
 from transferlab.weight_files import STATE_DICT_KEYS, read_state_dict, weights_file
 
-__all__ = ["LoadReport", "STATE_DICT_KEYS", "STRIP_PREFIXES", "weights_file", "read_state_dict", "load_weights"]
+__all__ = [
+    "LoadReport",
+    "STATE_DICT_KEYS",
+    "STRIP_PREFIXES",
+    "weights_file",
+    "read_state_dict",
+    "load_weights",
+    "pair_by_order",
+]
 
 
 # Leading key prefixes stripped automatically when that makes more keys fit the model:
@@ -52,6 +60,7 @@ class LoadReport:
     unexpected: list[str]  # file keys that fit no model key (after prefix handling), classifier keys excluded
     dropped: list[str]  # the old classifier's keys, dropped on purpose
     mismatched: list[str]  # same name, different shape (not loaded)
+    by_order: bool = False  # paired with the model's tensors by position (backbone.weights_match=order)
 
     @property
     def total(self) -> int:
@@ -59,7 +68,8 @@ class LoadReport:
 
     def line(self) -> str:
         return (
-            f"weights {self.path}: {self.matched}/{self.total} model tensors loaded; "
+            f"weights {self.path}{' (matched by order)' if self.by_order else ''}: "
+            f"{self.matched}/{self.total} model tensors loaded; "
             f"{len(self.missing)} missing{_names(self.missing)}, "
             f"{len(self.unexpected)} unexpected{_names(self.unexpected)}, "
             f"{_plural(len(self.mismatched), 'shape mismatch', 'shape mismatches')}"
@@ -130,6 +140,9 @@ def _sort_tensors(
     return filtered, unexpected, dropped, mismatched
 
 
+WEIGHTS_MATCH = ("name", "order")
+
+
 def load_weights(
     model: nn.Module,
     path: str | os.PathLike,
@@ -137,6 +150,7 @@ def load_weights(
     prefix: str | None = None,
     strict: bool = False,
     classifier: Sequence[str] = (),
+    match: str = "name",
 ) -> LoadReport:
     """Load the tensors of ``path`` that fit ``model`` and report what happened.
 
@@ -146,11 +160,18 @@ def load_weights(
     and after stripping), and keys starting with ``head.`` that fit no model key, are the old classifier:
     dropped and reported. Tensors whose shape differs from the model's are not loaded. Raises ConfigError
     when nothing fits, or with ``strict`` when anything is missing, unexpected or mismatched; in both cases
-    the model is left unchanged.
+    the model is left unchanged. ``match="order"`` pairs tensors by position instead (see :func:`pair_by_order`).
     """
+    if match not in WEIGHTS_MATCH:
+        raise ConfigError(f"backbone.weights_match={match}: choose one of {', '.join(WEIGHTS_MATCH)}")
     shown = str(path)
     state = read_state_dict(path, key)
     model_state = model.state_dict()
+    if match == "order":
+        filtered, dropped = pair_by_order(state, model_state, shown)
+        model.load_state_dict(filtered, strict=False)
+        missing = [k for k in model_state if k not in filtered and k.rsplit(".", 1)[-1] != _COUNTER]
+        return LoadReport(shown, len(filtered), missing, [], dropped, [], by_order=True)
     raw = list(state)
     names = _model_names(raw, prefix, set(model_state), shown)
     filtered, unexpected, dropped, mismatched = _sort_tensors(state, names, model_state, classifier)
@@ -162,9 +183,9 @@ def load_weights(
         model_like = next(iter(model_state), "none")
         raise ConfigError(
             f"backbone.weights={shown}: 0 of {len(raw)} tensors fit the model ({len(mismatched)} of another shape; "
-            f"file keys look like "
-            f"{file_like!r}, model keys like {model_like!r}); set backbone.weights_prefix / "
-            "backbone.weights_key or use weights for this architecture"
+            f"file keys look like {file_like!r}, model keys like {model_like!r}); set backbone.weights_prefix / "
+            "backbone.weights_key, backbone.weights_match=order for another implementation of the same "
+            "architecture, or use weights for this architecture"
         )
     if strict and (missing or unexpected or mismatched):
         raise ConfigError(
@@ -175,3 +196,35 @@ def load_weights(
         )
     model.load_state_dict(filtered, strict=False)
     return report
+
+
+def pair_by_order(
+    state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor], shown: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The file's tensors under the model's names, paired by position (parameters and BatchNorm buffers, as both
+    list them), for a checkpoint of another implementation of the same architecture (other names, same order).
+
+    BatchNorm counters are paired only when both sides have them. Tensors the file has beyond the model's, at
+    its end, are the old classifier: dropped and returned. Any pair of different shapes, or a file with fewer
+    tensors than the model, is a ConfigError."""
+
+    def tensors(names: Sequence[str], counters: bool) -> list[str]:
+        return [k for k in names if counters or k.rsplit(".", 1)[-1] != _COUNTER]
+
+    counters = any(k.rsplit(".", 1)[-1] == _COUNTER for k in state) and any(
+        k.rsplit(".", 1)[-1] == _COUNTER for k in model_state
+    )
+    ours, theirs = tensors(list(model_state), counters), tensors(list(state), counters)
+    if len(theirs) < len(ours):
+        raise ConfigError(
+            f"backbone.weights={shown}: backbone.weights_match=order needs a tensor for each of the model's "
+            f"{len(ours)}, the file has {len(theirs)}; use a checkpoint of this architecture"
+        )
+    for i, (mine, other) in enumerate(zip(ours, theirs)):
+        if tuple(model_state[mine].shape) != tuple(state[other].shape):
+            raise ConfigError(
+                f"backbone.weights={shown}: backbone.weights_match=order: tensor {i} of the file ({other}, "
+                f"{tuple(state[other].shape)}) does not fit the model's ({mine}, {tuple(model_state[mine].shape)}); "
+                "the file is of another architecture or lists its tensors in another order"
+            )
+    return {mine: state[other] for mine, other in zip(ours, theirs)}, theirs[len(ours) :]
