@@ -24,6 +24,21 @@ def depths(schedule):
     return [(p.epochs, p.frozen_count(GROUPS)) for p in schedule.phases]
 
 
+def test_gradual_spreads_its_unfreezing_over_the_run_unless_told_otherwise():
+    assert depths(preset("gradual", num_groups=5, max_epochs=20)) == [(2, 5), (2, 4), (2, 3), (2, 2), (2, 1), (None, 0)]
+    assert depths(preset("gradual", num_groups=5, max_epochs=40, unfreeze_fraction=0.25)) == [
+        (2, 5),
+        *[(2, d) for d in (4, 3, 2, 1)],
+        (None, 0),
+    ]
+    assert depths(preset("gradual", num_groups=5, max_epochs=30, freeze_depth=3)) == [(7, 5), (7, 4), (None, 3)]
+    assert depths(preset("gradual", num_groups=5, max_epochs=3)) == [(1, 5), (1, 4), (1, 3), (1, 2), (1, 1), (None, 0)]
+    assert depths(preset("gradual", num_groups=5, max_epochs=20, unfreeze_every=1))[0] == (1, 5)  # explicit wins
+    assert depths(preset("gradual", num_groups=5, max_epochs=20, milestones=[[3, 0]])) == [(3, 5), (None, 0)]
+    with pytest.raises(ConfigError, match=r"^schedule.unfreeze_fraction=0: use a number in \(0, 1\]"):
+        preset("gradual", num_groups=5, max_epochs=20, unfreeze_fraction=0)
+
+
 def test_presets_are_phases():
     assert depths(preset("full")) == [(None, 0)]
     assert depths(preset("frozen")) == [(None, 5)]

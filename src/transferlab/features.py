@@ -110,10 +110,22 @@ def _compute_in(tmp: Path, compute: Callable[[Path], None]) -> np.ndarray:
 
 
 def split_features(
-    folder: Path, split: str, dataset, backbone: nn.Module, num_features: int, loader, device, autocast, precision: str
-) -> tuple[np.ndarray, bool, Path]:
+    folder: Path | None,
+    split: str,
+    dataset,
+    backbone: nn.Module,
+    num_features: int,
+    loader,
+    device,
+    autocast,
+    precision: str,
+) -> tuple[np.ndarray, bool, Path | None]:
     """The cached features of ``dataset`` (a split's ``LabeledImages``; ``loader`` iterates it in order), computed
-    with ``backbone`` on ``device`` under ``autocast`` where missing: (features, whether cached, entry file)."""
+    with ``backbone`` on ``device`` under ``autocast`` where missing: (features, whether cached, entry file).
+    Without a ``folder`` they are computed into memory."""
+    compute = lambda tmp: write_features(tmp, backbone, num_features, loader, device, autocast)  # noqa: E731
+    if folder is None:
+        return _compute_in(Path(tempfile.mkdtemp()) / "features.npy", compute), False, None
     key = entry_key(
         backbone_fingerprint(backbone),
         images_fingerprint(dataset.items, dataset.labels),
@@ -122,11 +134,7 @@ def split_features(
         precision,
     )
     path = folder / f"{key}.npy"
-    values, hit = load_or_compute(
-        path,
-        lambda tmp: write_features(tmp, backbone, num_features, loader, device, autocast),
-        (len(dataset), num_features),
-    )
+    values, hit = load_or_compute(path, compute, (len(dataset), num_features))
     return values, hit, path
 
 

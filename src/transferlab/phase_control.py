@@ -52,6 +52,14 @@ class PhaseControl(pl.Callback):
         # affine_only trains BatchNorm affine parameters in frozen groups too.
         return all(phase.frozen_groups(self.layer_groups)) and phase.bn_mode != "affine_only"
 
+    def probe_at(self, epoch: int) -> bool:
+        """Whether the phase of ``epoch`` fits the head with the exact probe."""
+        return self.schedule.phases[self.schedule.phase_index(epoch)].probe == "exact"
+
+    def phase_start(self, epoch: int) -> int:
+        """The first epoch of the phase of ``epoch``."""
+        return self.schedule.start_epoch(self.schedule.phase_index(epoch))
+
     def _apply(self) -> None:
         self.state = apply_phase(self.backbone, self.layer_groups, self.phase, mask_only=self.mask_frozen_grads)
         params = dict(self.backbone.named_parameters())

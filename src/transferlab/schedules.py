@@ -15,6 +15,7 @@ from transferlab.errors import ConfigError
 from transferlab.layer_groups import LayerGroup
 
 BN_MODES = ("train", "frozen_stats", "frozen", "affine_only")
+PROBES = ("sgd", "exact")
 PRESETS = ("full", "frozen", "freeze_depth", "gradual", "lp_ft", "layer_decay", "phases")
 
 
@@ -28,7 +29,9 @@ class Phase:
     are frozen too. ``bn_mode`` says what BatchNorm in trainable groups does (frozen groups keep statistics fixed):
     ``train``; ``frozen_stats`` (eval mode, affine trains); ``frozen`` (eval mode, affine frozen too);
     ``affine_only`` (eval mode, and BatchNorm affine parameters train in every group, frozen ones included).
-    ``epochs=None`` lasts to the end of training.
+    ``epochs=None`` lasts to the end of training. ``probe="exact"`` (a phase that freezes the whole backbone)
+    fits the linear head exactly at the phase's start and keeps it (see :mod:`transferlab.probe`); ``sgd``
+    trains it with the optimizer, epoch by epoch.
     """
 
     epochs: int | None = None
@@ -39,6 +42,7 @@ class Phase:
     min_lr_scale: float = 0.0
     freeze_below: float | None = None
     bn_mode: str = "train"
+    probe: str = "sgd"
 
     def __post_init__(self) -> None:
         if self.bn_mode not in BN_MODES:
@@ -51,6 +55,13 @@ class Phase:
             raise ConfigError(f"schedule.layer_decay={self.layer_decay}: use a number in (0, 1], e.g. 0.65")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"schedule.phases: a phase lasts at least 1 epoch, not {self.epochs}")
+        if self.probe not in PROBES:
+            raise ConfigError(f"schedule.probe={self.probe}: choose one of {', '.join(PROBES)}")
+        if self.probe == "exact" and self.freeze_depth != "all":
+            raise ConfigError(
+                f"schedule.probe=exact: fits the head on a frozen backbone's features, but this phase has "
+                f"freeze_depth={self.freeze_depth}; set schedule.freeze_depth=all or schedule.probe=sgd"
+            )
         depth = self.freeze_depth
         if depth != "all" and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
             raise ConfigError(f"schedule.freeze_depth={depth}: use a whole number of layer groups >= 0, or all")
@@ -118,20 +129,26 @@ def preset(
     min_lr_scale: float = 0.0,
     freeze_below: float | None = None,
     bn_mode: str = "train",
-    unfreeze_every: int = 1,
+    unfreeze_every: int | None = None,
+    unfreeze_fraction: float = 0.5,
     milestones: Sequence[Sequence[int]] | None = None,
     probe_epochs: int = 1,
+    probe: str = "sgd",
     ft_lr_mult: float = 0.1,
     phases: Sequence[dict[str, Any]] | None = None,
     num_groups: int | None = None,
+    max_epochs: int | None = None,
 ) -> Schedule:
     """Build a preset schedule. Every preset takes ``freeze_depth`` and ``layer_decay`` so sweeps can vary them.
 
     - ``full`` / ``freeze_depth`` / ``layer_decay``: one phase with those settings; ``frozen``: freeze_depth=all.
     - ``gradual``: head only, then one more group (output towards input) every ``unfreeze_every`` epochs down to
       ``freeze_depth``; or ``milestones: [[epoch, freeze_depth], ...]``. Needs ``num_groups`` unless milestones.
+      Without either, the unfreezing is spread over ``unfreeze_fraction`` of ``max_epochs`` (the run's length),
+      at least one epoch per group; without ``max_epochs``, one epoch per group.
     - ``lp_ft``: a linear probe for ``probe_epochs``, then fine-tuning down to ``freeze_depth`` with every lr
       times ``ft_lr_mult``.
+    - ``probe`` (``sgd`` or ``exact``) is how ``frozen`` and ``lp_ft``'s first phase fit the head.
     - ``phases``: ``phases`` spelled out, each a dict of :class:`Phase` fields over the common values.
     """
     common: dict[str, Any] = dict(
@@ -143,25 +160,39 @@ def preset(
         freeze_below=freeze_below,
         bn_mode=bn_mode,
     )
+    if probe != "sgd" and name not in ("frozen", "lp_ft"):
+        raise ConfigError(f"schedule.probe={probe}: applies to schedule=frozen and lp_ft (set it per phase otherwise)")
     if name in ("full", "freeze_depth", "layer_decay"):
         if name == "layer_decay" and layer_decay is None:
             raise ConfigError("schedule.layer_decay is required with schedule=layer_decay; e.g. 0.65")
         return Schedule((Phase(**common),))
     if name == "frozen":
-        return Schedule((Phase(**{**common, "freeze_depth": "all"}),))
+        return Schedule((Phase(**{**common, "freeze_depth": "all", "probe": probe}),))
     if name == "lp_ft":
-        probe = Phase(**{**common, "epochs": probe_epochs, "freeze_depth": "all"})
+        first = Phase(**{**common, "epochs": probe_epochs, "freeze_depth": "all", "probe": probe})
         scaled = {
             **common,
             "backbone_lr_mult": backbone_lr_mult * ft_lr_mult,
             "head_lr_mult": head_lr_mult * ft_lr_mult,
         }
-        return Schedule((probe, Phase(**scaled)))
+        return Schedule((first, Phase(**scaled)))
     if name == "phases":
         return Schedule(tuple(Phase(**{**common, **p}) for p in phases or ()))
     if name == "gradual":
+        if unfreeze_every is None:
+            unfreeze_every = _pace(common["freeze_depth"], num_groups, unfreeze_fraction, max_epochs)
         return Schedule(tuple(_gradual_phases(common, unfreeze_every, milestones, num_groups)))
     raise ConfigError(f"schedule.name={name}: choose one of {', '.join(PRESETS)}")
+
+
+def _pace(freeze_depth: int | str, num_groups: int | None, fraction: float, max_epochs: int | None) -> int:
+    """Epochs per unfrozen group that finish the unfreezing after ``fraction`` of ``max_epochs``."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ConfigError(f"schedule.unfreeze_fraction={fraction}: use a number in (0, 1], e.g. 0.5")
+    if max_epochs is None or num_groups is None:
+        return 1
+    steps = num_groups - (0 if freeze_depth == "all" else int(freeze_depth))
+    return max(1, int(fraction * max_epochs / max(steps, 1)))
 
 
 def _gradual_phases(
@@ -189,5 +220,7 @@ def _gradual_phases(
 
 def check_options(options: Mapping[str, Any]) -> None:
     """The checks of the ``schedule.`` options that need no backbone, for validation before anything is built."""
-    names = {f.name for f in fields(Phase)} - {"epochs"}
+    names = {f.name for f in fields(Phase)} - {"epochs", "probe"}  # lp_ft probes in its first phase only
     Phase(**{k: v for k, v in options.items() if k in names})
+    if options.get("probe", "sgd") not in PROBES:
+        raise ConfigError(f"schedule.probe={options['probe']}: choose one of {', '.join(PROBES)}")

@@ -57,7 +57,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_accelerator(str(cfg.trainer.get("accelerator")))
     pl.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.backbone)
-    schedule = instantiate(cfg.schedule, num_groups=len(backbone.layer_groups))
+    groups = len(backbone.layer_groups)
+    schedule = instantiate(cfg.schedule, num_groups=groups, max_epochs=cfg.trainer.get("max_epochs"))
     phases = PhaseControl(schedule, backbone.model, backbone.layer_groups)
     datamodule = instantiate(
         cfg.data, data_config=backbone.data_config, backbone=backbone, backbone_frozen=phases.backbone_frozen
@@ -85,12 +86,16 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     tty = sys.stderr.isatty()
-    callbacks = [phases, RngState(), *(c for c in callbacks if _wanted(c, loggers, tty)), history]
+    probe = _exact_probe(schedule, phases, head, datamodule, cfg.seed)
+    own = [phases, *([probe] if probe else []), RngState()]
+    callbacks = [*own, *(c for c in callbacks if _wanted(c, loggers, tty)), history]
     trainer = instantiate(trainer_config(cfg), callbacks=callbacks, logger=loggers or False, enable_progress_bar=tty)
     failed = True
     try:
         out = _fit_and_test(cfg, run_dir, trainer, module, datamodule, phases, history, loggers)
         out["weights_report"] = backbone.weights_report
+        if probe is not None:
+            out["probe"] = probe.fits
         failed = False
         return out
     finally:
@@ -100,6 +105,21 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def trainer_config(cfg: DictConfig) -> dict[str, Any]:
     """``cfg.trainer`` as the Trainer takes it: without transferlab's own options (compile, channels_last)."""
     return {k: v for k, v in cfg.trainer.items() if k not in ("compile", "channels_last")}
+
+
+def _exact_probe(schedule, phases, head, datamodule, seed: int):
+    """The ExactProbe callback where a phase asks for it (schedule.probe=exact), on a linear head."""
+    from transferlab.heads import LinearHead
+    from transferlab.probe import ExactProbe
+
+    if not any(p.probe == "exact" for p in schedule.phases):
+        return None
+    if not isinstance(head, LinearHead):
+        raise ConfigError(
+            f"schedule.probe=exact: fits a linear head, not {type(head).__name__}; use head=linear or schedule.probe=sgd"
+        )
+    num_classes = datamodule.num_classes
+    return ExactProbe(head.fc, num_classes, phases.probe_at, phases.phase_start, datamodule.probe_features, seed)
 
 
 def check_resumable(ckpt_path: str, module) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.strategies import ParallelStrategy
@@ -111,7 +112,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             splits["train"], self.class_names, self.split_seed, self.samples_per_class, self.train_fraction
         )
         train_tf = build_transform(self.data_config, self.augment, train=True)
-        eval_tf = build_transform(self.data_config, self.augment, train=False)
+        eval_tf = self._eval_transform = build_transform(self.data_config, self.augment, train=False)
         self._datasets = {
             name: sources.LabeledImages(split, train_tf if name == "train" else eval_tf)
             for name, split in splits.items()
@@ -190,8 +191,20 @@ class ClassificationDataModule(pl.LightningDataModule):
             return False  # DDP's gradient sync expects the backbone in every step's graph
         return self.backbone_frozen(trainer.current_epoch)
 
-    def _cached_features(self, split: str) -> features.FeatureDataset:
-        trainer, dataset, backbone = self.trainer, self.datasets[split], self.backbone
+    def probe_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """The backbone's features of the train split with the eval transform (no augmentation) and their labels:
+        what the exact linear probe fits. Cached as the others are, when data.feature_cache is set."""
+        train = self.datasets["train"]
+        plain = sources.LabeledImages(sources.Split(train.items, train.labels), self._eval_transform)
+        return np.asarray(self._cached_features("train", plain, log=False).features, dtype=np.float32), plain.labels
+
+    def _cached_features(
+        self, split: str, dataset: sources.LabeledImages | None = None, log: bool = True
+    ) -> features.FeatureDataset:
+        """The backbone's features of ``dataset`` (default: the split's), through the cache; ``log``: listed in
+        summary.json's ``feature_cache`` (the splits served to training)."""
+        trainer, backbone = self.trainer, self.backbone
+        dataset = dataset if dataset is not None else self.datasets[split]
         extract = DataLoader(
             dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers, pin_memory=self._pin_memory()
         )
@@ -208,11 +221,14 @@ class ClassificationDataModule(pl.LightningDataModule):
             str(trainer.precision),
         )
         seconds = round(time.perf_counter() - start, 3)
-        self.feature_cache_log.append(
-            {"epoch": trainer.current_epoch, "split": split, "hit": hit, "seconds": seconds, "file": str(path)}
-        )
+        if path is not None and log:
+            self.feature_cache_log.append(
+                {"epoch": trainer.current_epoch, "split": split, "hit": hit, "seconds": seconds, "file": str(path)}
+            )
         what = "reused" if hit else f"computed in {seconds:.1f}s"
-        rank_zero_info(f"{split} features of the frozen backbone {what}: {len(values)} x {values.shape[1]}, {path}")
+        rank_zero_info(
+            f"{split} features of the frozen backbone {what}: {len(values)} x {values.shape[1]}, {path or 'not cached'}"
+        )
         return features.FeatureDataset(values, dataset.labels)
 
     def _make_splits(self, raw: dict[str, sources.Split]) -> dict[str, sources.Split]:
