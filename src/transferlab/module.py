@@ -149,12 +149,12 @@ class TransferModule(pl.LightningModule):
         ]
 
 
-def read_checkpoint(ckpt_path: str, map_location: str = "cpu") -> dict:
+def read_checkpoint(ckpt_path: str, map_location: str = "cpu", mmap: bool = False) -> dict:
     """A checkpoint file as a dict, loaded with ``weights_only=True``; an unreadable one is a one-line ConfigError."""
     from transferlab.errors import ConfigError
 
     try:
-        checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise ConfigError(
             f"ckpt_path={ckpt_path}: file not found; give a checkpoint from a run's checkpoints/"

@@ -49,7 +49,6 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     from transferlab.callbacks import EpochHistory, RngState
-    from transferlab.errors import ConfigError
     from transferlab.loggers import finish_loggers
     from transferlab.module import TransferModule
     from transferlab.phase_control import PhaseControl
@@ -126,7 +125,7 @@ def check_resumable(ckpt_path: str, module) -> None:
     """A checkpoint to resume from must be readable and of this model (architecture and classes)."""
     from transferlab.module import read_checkpoint
 
-    state = read_checkpoint(ckpt_path).get("state_dict") or {}
+    state = read_checkpoint(ckpt_path, mmap=True).get("state_dict") or {}  # mmap: shapes, without reading it all
     ours = module.state_dict()
     differ = [k for k in ours if k not in state or tuple(state[k].shape) != tuple(ours[k].shape)]
     differ += [k for k in state if k not in ours]
