@@ -12,7 +12,7 @@ Settings:
 Every strategy is the same `transferlab-train` config with one schedule override, run in-process (one Python,
 so imports are paid once). Completed run folders under --out are reused: delete runs/ to start over. Usage:
   python benchmarks/schedules.py [--seeds 3] [--shared ../shared/data] [--out benchmarks/results] [--settings lite0 ...]
---settings runs only those columns and merges them into the --out folder's schedules.json.
+--settings and --strategies run only those columns and rows and merge them into the --out folder's schedules.json.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--settings", nargs="*", help="only these columns (default: all)")
+    parser.add_argument("--strategies", nargs="*", help="only these rows (default: all)")
     args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     logging.getLogger("transferlab").setLevel(logging.WARNING)
@@ -151,6 +152,8 @@ def main() -> None:
         if args.settings and setting not in args.settings:
             continue
         for name, strategy in STRATEGIES.items():
+            if args.strategies and name not in args.strategies:
+                continue
             for seed in range(args.seeds):
                 summary = run(
                     [*base, *strategy, f"seed={seed}", f"data.split_seed={seed}"],
@@ -165,8 +168,9 @@ def main() -> None:
     for name, seconds in epoch_s.items():
         print(f"{name:35s} median epoch {statistics.median(seconds):.1f} s")
     saved = args.out / "schedules.json"
-    if args.settings and saved.is_file():  # the other columns as an earlier run left them
-        results = {**json.loads(saved.read_text()), **results}
+    if (args.settings or args.strategies) and saved.is_file():  # the other cells as an earlier run left them
+        earlier = json.loads(saved.read_text())
+        results = {s: {**earlier.get(s, {}), **rows} for s, rows in {**earlier, **results}.items()}
     saved.write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     (args.out / "schedules.md").write_text(table + "\n")
