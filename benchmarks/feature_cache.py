@@ -34,6 +34,7 @@ def common(shared: Path, size: int) -> list[str]:
         f"backbone.weights={shared / 'pretrained/cifar10_resnet20/resnet20-12fca82f.th'}",
         f"backbone.data_config.input_size=[3,{size},{size}]",
         "schedule=frozen",
+        "schedule.probe=sgd",  # the epoch-wise probe: what the cache speeds up epoch after epoch
         "trainer.accelerator=cpu",
         "trainer.devices=1",
         "logger=none",
