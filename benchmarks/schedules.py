@@ -109,7 +109,10 @@ def run(overrides: list[str], out: Path) -> dict:
         return done
     GlobalHydra.instance().clear()
     with initialize_config_dir(conf_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=[*COMMON, *overrides, f"paths.output_dir={out}"])
+        # A run that did not complete there (interrupted, failed) starts again: overwrite=true says so.
+        cfg = compose(
+            "train", overrides=[*COMMON, *overrides, f"paths.output_dir={out}", f"overwrite={done is not None}"]
+        )
     return train(cfg)
 
 

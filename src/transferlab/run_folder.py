@@ -94,7 +94,8 @@ def claim(run_dir: Path, task: str, resuming: bool, overwrite: bool) -> None:
         previous = read_summary(run_dir)
     except (OSError, ValueError):
         previous = {"status": "unreadable"}
-    what = f"a {run_status(run_dir, previous)} {previous.get('task', '')} run".replace("  ", " ")
+    status = run_status(run_dir, previous)
+    what = f"{'an' if status[0] in 'aeiou' else 'a'} {status} {previous.get('task', '')} run".replace("  ", " ")
     fix = "resume it with ckpt_path=last, choose another folder" if task == "train" else "choose another folder"
     raise ConfigError(f"paths.output_dir={run_dir}: holds {what} ({SUMMARY}); {fix}, or set overwrite=true")
 
