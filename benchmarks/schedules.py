@@ -180,6 +180,8 @@ def main() -> None:
     plot(results, args.out / "schedules.png")
     print(f"\n{table}\n\n{len(epoch_s) * args.seeds + 1} runs in {time.perf_counter() - start:.0f} s")
     for setting, rows in results.items():
+        if "scratch" not in rows:
+            continue
         scratch = statistics.mean(rows["scratch"])
         best = max(rows, key=lambda n: statistics.mean(rows[n]))
         print(f"{setting}: best {best} {statistics.mean(rows[best]) / scratch:.2f}x scratch accuracy")
