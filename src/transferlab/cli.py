@@ -100,7 +100,9 @@ def unwritable(error: BaseException) -> str | None:
             where = seen.filename or "the run folder"
             return f"paths.output_dir: cannot write {where} ({seen.strerror}); free space or choose another folder"
         if isinstance(seen, RuntimeError) and "file write failed" in str(seen):  # torch.save on a full disk
-            return f"paths.output_dir: cannot write a checkpoint ({_first_line(seen)}); free space or choose another folder"
+            return (
+                f"paths.output_dir: cannot write a checkpoint ({first_line(seen)}); free space or choose another folder"
+            )
         seen = seen.__cause__ or seen.__context__
     return None
 
@@ -122,7 +124,7 @@ def instantiate(config, *args, **kwargs):
         target = config.get("_target_") if hasattr(config, "get") else None
         if isinstance(cause, (TypeError, ValueError)) or cause is None:
             node = _node_name(config)
-            reason = _first_line(cause or e)
+            reason = first_line(cause or e)
             raise ConfigError(f"{node}: {target} refused its options ({reason}); check the {node}. options") from None
         raise
 
@@ -138,7 +140,8 @@ def _node_name(config) -> str:
     return key or str(config.get("_target_", "config") if hasattr(config, "get") else "config")
 
 
-def _first_line(error: object) -> str:
+def first_line(error: object) -> str:
+    """The first non-empty line of an error's message (its type's name when it has none), at most 200 characters."""
     line = next((s.strip() for s in str(error).splitlines() if s.strip()), type(error).__name__)
     return line if len(line) <= 200 else line[:197] + "..."
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transferlab.cli import first_line as _first_line
 from transferlab.errors import ConfigError
 
 # Where ``+key=value`` may add keys that no config file has: collections of targets (callbacks, loggers), keyword
@@ -131,7 +132,3 @@ def _check_added(cfg, key: str, arg: str, root: Path) -> None:
     if len(parts) == 1 and "${" + key in OmegaConf.to_yaml(cfg):
         return  # a value the configs interpolate (e.g. the quickstart's source_run)
     raise ConfigError(f"{arg}: transferlab has no option {key}, so nothing would read it; check its spelling")
-
-
-def _first_line(error: object) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")

@@ -159,7 +159,7 @@ class ExactProbe(pl.Callback):
             self.linear.weight.grad = self.linear.bias.grad = None  # the optimizer skips them: the fit stays
 
     def state_dict(self) -> dict[str, Any]:
-        return {"log": self.fits}
+        return {"fits": self.fits}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.fits = list(state_dict["log"])
+        self.fits = list(state_dict["fits"])
