@@ -52,7 +52,8 @@ class EpochHistory(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._batch_end = time.perf_counter()
         self._step_s += self._batch_end - self._batch_start
-        self._images += len(batch[1])
+        # Domain adaptation's batches hold source and target images: the model processes both.
+        self._images += sum(len(b[1]) for b in batch.values()) if isinstance(batch, dict) else len(batch[1])
         elapsed = self._batch_end - self._epoch_start
         pl_module.log("img/s", self._images / elapsed, prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
@@ -82,7 +83,7 @@ class EpochHistory(pl.Callback):
     @rank_zero_only
     def _report(self, row: dict[str, Any], max_epochs: int) -> None:
         write_metrics(self.run_dir, self.history)
-        shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train/", "val/")))
+        shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train/", "val/", "target/")))
         rank_zero_info(
             f"epoch {row['epoch'] + 1}/{max_epochs} {shown} ({row['epoch_time_s']:.1f}s, "
             f"{row['train_images_per_s'] or 0:.0f} img/s; loader {row['loader_images_per_s'] or 0:.0f}, "

@@ -38,6 +38,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.precision={precision}: choose one of {', '.join(PRECISIONS)}")
 
     # The options of transferlab's own parts, checked by the code that owns them, before anything is built.
+    from transferlab.adapt import check_options as check_adapt
     from transferlab.data.options import check_options as check_data
     from transferlab.heads import check_options as check_head
     from transferlab.run_folder import checkpoint_file
@@ -47,7 +48,9 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "schedule._target_") == "transferlab.schedules.preset":
         check_schedule(OmegaConf.to_container(cfg.schedule, resolve=True))
     if OmegaConf.select(cfg, "data._target_") == "transferlab.data.ClassificationDataModule":
-        check_data(OmegaConf.to_container(cfg.data, resolve=True))
+        check_data({**OmegaConf.to_container(cfg.data, resolve=True), "target_batches": bool(cfg.get("adapt"))})
+    if OmegaConf.select(cfg, "adapt._target_") == "transferlab.adapt.DomainAdaptation":
+        check_adapt({k: v for k, v in OmegaConf.to_container(cfg.adapt, resolve=True).items() if k[0] != "_"})
     if str(OmegaConf.select(cfg, "head._target_")).startswith("transferlab.heads."):
         check_head(OmegaConf.to_container(cfg.head, resolve=True))
     if OmegaConf.select(cfg, "backbone.weights"):

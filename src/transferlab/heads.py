@@ -33,17 +33,18 @@ def out_features(num_classes: int, binary: bool) -> int:
 
 
 class LinearHead(nn.Module):
-    """Dropout (optional) and one linear layer: the linear probe."""
+    """Dropout (optional) and one linear layer: the linear probe. Every head has ``hidden`` (here the dropout) and
+    ``fc``, the classifier: domain adaptation adapts what ``fc`` reads."""
 
     def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0, binary: bool = False):
         super().__init__()
         check_options({"dropout": dropout})
         self.binary = binary and num_classes == 2
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.hidden = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_features, out_features(num_classes, binary))
 
     def forward(self, x):
-        return self.fc(self.dropout(x))
+        return self.fc(self.hidden(x))
 
 
 class MLPHead(nn.Module):

@@ -25,6 +25,11 @@ class TransferModule(pl.LightningModule):
     phases from there). ``metadata`` (backbone and head configs, the data config the images were prepared
     with; the backbone's by default) is saved in every checkpoint under ``"transferlab"``, with the class
     names, so that eval and predict can rebuild the model and its transforms without the data module.
+
+    ``adaptation`` (a :class:`~transferlab.adapt.DomainAdaptation`) adds its loss to training batches that come
+    as ``{"source": ..., "target": ...}``; the features it adapts are what the head's classifier reads (the
+    head's hidden layer, or the backbone's features under a linear head). With ``score_target`` the second
+    val/test loader is a labelled target, logged as ``target/acc``, ``target/loss``, ``target/f1``.
     """
 
     def __init__(
@@ -38,6 +43,8 @@ class TransferModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         metadata: dict[str, Any] | None = None,
+        adaptation: nn.Module | None = None,
+        score_target: bool = False,
     ):
         super().__init__()
         self.backbone = backbone.model
@@ -69,6 +76,10 @@ class TransferModule(pl.LightningModule):
         self.val_metrics = collection.clone(prefix="val/")
         self.test_metrics = collection.clone(prefix="test/")
         self.confusion = MulticlassConfusionMatrix(num_classes)
+        self.adaptation, self.score_target = adaptation, bool(score_target)
+        if score_target:  # logged under target/ in validation and in testing alike
+            self.target_val_metrics = collection.clone(prefix="target/")
+            self.target_test_metrics = collection.clone(prefix="target/")
 
     @property
     def binary(self) -> bool:
@@ -92,10 +103,18 @@ class TransferModule(pl.LightningModule):
             return F.binary_cross_entropy_with_logits(logits.squeeze(1), soft)
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
+    def _features(self, batch) -> torch.Tensor:
+        """The backbone's features of a batch; the frozen backbone's cached ones (a FeatureBatch) as they come."""
+        if isinstance(batch, FeatureBatch):
+            return batch.features
+        images = batch[0]
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone(images)
+
     def _step(self, batch, metrics: MetricCollection, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, target = batch
-        # The frozen backbone's cached features (a FeatureBatch from the data module) go straight to the head.
-        logits = self.head(inputs) if isinstance(batch, FeatureBatch) else self(inputs)
+        target = batch[1]
+        logits = self.head(self._features(batch))
         loss = self.loss(logits, target)
         probs = self.probabilities(logits)
         metrics.update(probs, target)
@@ -108,17 +127,47 @@ class TransferModule(pl.LightningModule):
             prog_bar=True,
             batch_size=len(target),
             sync_dist=not on_step,
+            add_dataloader_idx=False,  # a labelled target is a second val/test loader, logged as target/
         )  # val/test loss averaged over DDP ranks; train/loss stays per rank
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "test")
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "test", add_dataloader_idx=False)
         return loss, probs
 
     def training_step(self, batch, batch_idx):
+        if isinstance(batch, dict):  # source and target images: domain adaptation
+            return self._adaptation_step(batch["source"], batch["target"])
         return self._step(batch, self.train_metrics, "train")[0]
 
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, self.val_metrics, "val")
+    def _adaptation_step(self, source, target) -> torch.Tensor:
+        num_source = len(source[1])
+        # Both domains pass the backbone in one batch, so BatchNorm normalises with statistics of both.
+        if isinstance(source, FeatureBatch):
+            features = torch.cat([source.features, target.features])
+        else:
+            features = self._features((torch.cat([source[0], target[0]]),))
+        adapted = self.head.hidden(features)
+        logits = self.head.fc(adapted)
+        loss = self.loss(logits[:num_source], source[1])
+        self.train_metrics.update(self.probabilities(logits[:num_source]), source[1])
+        progress = self.trainer.global_step / max(1, self.trainer.estimated_stepping_batches)
+        two_column = torch.cat([-logits / 2, logits / 2], 1) if self.binary else logits
+        extra, logs = self.adaptation(adapted, two_column, num_source, progress)
+        log = dict(on_step=True, on_epoch=True, batch_size=num_source)
+        self.log("train/loss", loss, prog_bar=True, **log)
+        self.log("adapt/loss", extra, **log)
+        self.log_dict(logs, **log)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=True)
+        return loss + extra
 
-    def test_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        if dataloader_idx == 1:
+            self._step(batch, self.target_val_metrics, "target")
+        else:
+            self._step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        if dataloader_idx == 1:
+            self._step(batch, self.target_test_metrics, "target")
+            return
         _, probs = self._step(batch, self.test_metrics, "test")
         self.confusion.update(probs.argmax(1), batch[1])
 
@@ -131,6 +180,10 @@ class TransferModule(pl.LightningModule):
 
     def configure_optimizers(self):
         groups = param_groups(self.backbone, self.layer_groups, self.head, self.lr_scales)
+        discriminator = getattr(self.adaptation, "discriminator", None)
+        if discriminator is not None:  # its own group, after the head's, that no phase freezes or rescales
+            scale = self.adaptation.discriminator_lr_mult
+            groups.append({"params": list(discriminator.parameters()), "lr_scale": scale, "name": "discriminator"})
         optimizer = self.optimizer_factory(groups)
         for group in optimizer.param_groups:  # the optimizer's own lr (optimizer.lr) is the head's
             group["lr"] *= group["lr_scale"]
@@ -144,9 +197,8 @@ class TransferModule(pl.LightningModule):
 
     def metric_names(self) -> list[str]:
         """What training and validation log, each epoch: the names ``monitor`` may take."""
-        return [
-            f"{stage}/{name}" for stage in ("train", "val") for name in ("loss", *self.val_metrics.keys(keep_base=True))
-        ]
+        stages = ("train", "val", "target") if self.score_target else ("train", "val")
+        return [f"{stage}/{name}" for stage in stages for name in ("loss", *self.val_metrics.keys(keep_base=True))]
 
 
 def read_checkpoint(ckpt_path: str, map_location: str = "cpu", mmap: bool = False) -> dict:

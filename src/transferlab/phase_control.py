@@ -130,12 +130,14 @@ class PhaseControl(pl.Callback):
         return sum(p.numel() for p in self._frozen_params)
 
     def parameter_table(self, pl_module: nn.Module) -> str:
-        """Trainable and total parameters per layer group, and of the rest of the module (the head)."""
+        """Trainable and total parameters per layer group, and of the head (and a domain discriminator)."""
         params = dict(self.backbone.named_parameters())
         frozen = self.state.frozen_params
         rows = [(g.name, [(params[n], n in frozen) for n in g.param_names]) for g in self.layer_groups]
-        in_backbone = {id(p) for p in params.values()}
-        rows.append(("head", [(p, False) for p in pl_module.parameters() if id(p) not in in_backbone]))
+        rows.append(("head", [(p, False) for p in pl_module.head.parameters()]))
+        discriminator = getattr(getattr(pl_module, "adaptation", None), "discriminator", None)
+        if discriminator is not None:
+            rows.append(("discriminator", [(p, False) for p in discriminator.parameters()]))
         width = max(len(name) for name, _ in rows)
         lines = [f"{'layer group':<{width}}  {'trainable':>12}  {'total':>12}"]
         for name, ps in rows:

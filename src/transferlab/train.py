@@ -60,9 +60,14 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     schedule = instantiate(cfg.schedule, num_groups=groups, max_epochs=cfg.trainer.get("max_epochs"))
     phases = PhaseControl(schedule, backbone.model, backbone.layer_groups)
     datamodule = instantiate(
-        cfg.data, data_config=backbone.data_config, backbone=backbone, backbone_frozen=phases.backbone_frozen
+        cfg.data,
+        data_config=backbone.data_config,
+        backbone=backbone,
+        backbone_frozen=phases.backbone_frozen,
+        target_batches=bool(cfg.get("adapt")),
     )
     head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=datamodule.num_classes)
+    adaptation = _adaptation(cfg, schedule, phases, head, datamodule.num_classes)
     module = TransferModule(
         backbone,
         head,
@@ -76,6 +81,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             **{k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "head", "data")},
             "data_config": datamodule.data_config,
         },
+        adaptation=adaptation,
+        score_target=datamodule.target_labelled,
     )
 
     if cfg.monitor not in module.metric_names():
@@ -99,6 +106,28 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return out
     finally:
         finish_loggers(loggers, failed)
+
+
+def _adaptation(cfg: DictConfig, schedule, phases, head, num_classes: int):
+    """The DomainAdaptation of ``cfg.adapt`` on what the head's classifier reads; None without one. An adapter
+    with nothing it can move is a ConfigError: adversarial methods adapt the features (a trained backbone or the
+    head's hidden layer), MCC the classifier too."""
+    if not cfg.get("adapt"):
+        return None
+    adaptation = instantiate(cfg.adapt)(in_features=head.fc.in_features, num_classes=num_classes)
+    epochs = range(int(cfg.trainer.max_epochs))
+    features_train = any(not phases.backbone_frozen(e) for e in epochs) or any(
+        p.requires_grad for p in head.hidden.parameters()
+    )
+    classifier_trains = features_train or any(p.probe != "exact" for p in schedule.phases)
+    if not (features_train if adaptation.discriminator is not None else classifier_trains):
+        what = "" if classifier_trains else " and the exact probe fits the classifier"
+        raise ConfigError(
+            f"adapt.adversarial={adaptation.adversarial}: nothing to adapt: the schedule freezes the whole backbone, "
+            f"the head has no hidden layer{what}; use head=mlp (its hidden layer is then the adapted feature) "
+            "or a schedule that trains the backbone (e.g. schedule=full)"
+        )
+    return adaptation
 
 
 def trainer_config(cfg: DictConfig) -> dict[str, Any]:
@@ -166,6 +195,7 @@ def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, phases, histo
         "class_names": module.class_names,
         "data_config": module.metadata["data_config"],
         "split_sizes": datamodule.split_sizes(),
+        "model_selection": {"monitor": cfg.monitor, "on_target_labels": cfg.monitor.startswith("target/")},
         "layer_groups": [g.name for g in module.layer_groups],
         "phases": phase_history,
         "resumed_from": ckpt_path,
@@ -195,6 +225,14 @@ def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, phases, histo
     }
     if datamodule.feature_cache_log:
         out["feature_cache"] = datamodule.feature_cache_log
+    if datamodule.target_summary() is not None:
+        out["target"] = datamodule.target_summary()
+    if module.adaptation is not None:
+        out["adaptation"] = {
+            "methods": module.adaptation.methods,
+            "steps_per_epoch": trainer.num_training_batches,
+            "batch_size": {"source": datamodule.batch_size, "target": datamodule.batch_size},
+        }
     if trainer.is_global_zero:
         report_to_loggers(loggers, out, {"curves": run_dir / "curves.png", "confusion": run_dir / "confusion.png"})
     return out
@@ -210,7 +248,8 @@ def _test_best(trainer, module, datamodule, run_dir: Path) -> dict[str, float]:
     matrix = module.confusion.compute().cpu()  # a collective under DDP: every rank computes it
     if trainer.is_global_zero:
         plot_confusion(run_dir / "confusion.png", matrix, module.class_names)
-    return {k: round(float(v), 6) for k, v in results[0].items()}
+    # One dict per test loader (the source's, then a labelled target's as target/...).
+    return {k: round(float(v), 6) for result in results for k, v in result.items()}
 
 
 def _wanted(callback, loggers: list, tty: bool) -> bool:

@@ -12,15 +12,20 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.strategies import ParallelStrategy
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import CombinedLoader, rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab import features
 from transferlab.data import images, sources
 from transferlab.data.options import check_digit_classes, check_options
-from transferlab.data.sampling import EpochShuffle
+from transferlab.data.sampling import CycleShuffle, EpochShuffle
 from transferlab.data.transforms import build_transform, resolve_data_config
 from transferlab.errors import ConfigError
+
+DIGIT_SOURCES = {  # built in: (classes, photos) -> (split, class names)
+    "digits": lambda classes, photos: sources.load_digits(classes),
+    "digits_m": sources.load_digits_m,
+}
 
 if TYPE_CHECKING:  # the backbone module imports this package's transforms
     from transferlab.backbones import Backbone
@@ -35,6 +40,11 @@ class ClassificationDataModule(pl.LightningDataModule):
     With a ``feature_cache`` folder, a ``backbone`` and ``backbone_frozen`` (a function of the epoch: whether
     its phase freezes the whole backbone), the train and val splits are served as the backbone's cached
     features in such epochs.
+
+    ``target`` (``{"root": PATH}``, or ``{"source": "digits_m"}``) adds a second domain, split like the source
+    (``target_train``, ``target_val``, ``target_test``; unlabelled images are all ``target_train``). A labelled
+    target's val and test splits are served beside the source's; with ``target_batches`` every training batch
+    is ``{"source": batch, "target": batch}`` (domain adaptation), with as many target images as source ones.
     """
 
     def __init__(
@@ -60,8 +70,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         cache_images: bool = False,
         feature_cache: str | None = None,
         output_dir: str | None = None,
+        target: dict | None = None,
+        photos: str | None = None,
         backbone: Backbone | None = None,
         backbone_frozen: Callable[[int], bool] | None = None,
+        target_batches: bool = False,
     ):
         super().__init__()
         check_options({k: v for k, v in locals().items() if not k.startswith("_") and k != "self"})
@@ -82,10 +95,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.data_config = resolve_data_config(data_config, input_size, mean, std)
 
         # Listing is cheap and catches layout mistakes before any model is built.
-        if source == "digits":
+        if source in DIGIT_SOURCES:
             if root is not None:
-                raise ConfigError(f"data.root={root} is set but data.source=digits; add data.source=folder")
-            digits, self.class_names = sources.load_digits(check_digit_classes(classes))
+                raise ConfigError(f"data.root={root} is set but data.source={source}; add data.source=folder")
+            digits, self.class_names = DIGIT_SOURCES[source](check_digit_classes(classes), photos)
             self._raw = {"all": digits}
         else:
             if root is None:
@@ -96,6 +109,10 @@ class ClassificationDataModule(pl.LightningDataModule):
                 )
             self._raw, self.class_names = sources.scan_folder(root)
         self.num_classes = len(self.class_names)
+        self.target = dict(target or {})
+        self.target_root = self.target.get("root")
+        self._target_raw, self.target_labelled = self._list_target(classes, photos)
+        self.target_batches = bool(target_batches)
         self._datasets: dict[str, sources.LabeledImages] = {}
 
     # --- Lightning hooks ------------------------------------------------------------------------------
@@ -104,25 +121,33 @@ class ClassificationDataModule(pl.LightningDataModule):
         """Check the files, split and subsample, build the datasets; later calls do nothing."""
         if self._datasets:
             return
-        raw = self._drop_bad_files(self._raw) if self.source == "folder" else self._raw
-        if self.cache_images and self.source == "folder":
-            raw = {name: sources.decoded(split) for name, split in raw.items()}
-        splits = self._make_splits(raw)
+        splits = self._make_splits(self._readable(self._raw, "data.root", self.root, self.source == "folder"))
         splits["train"] = sources.few_shot(
             splits["train"], self.class_names, self.split_seed, self.samples_per_class, self.train_fraction
         )
+        if self._target_raw is not None:
+            folder = self.target_root is not None
+            raw = self._readable(self._target_raw, "data.target.root", self.target_root, folder, "target_")
+            target = self._make_splits(raw) if self.target_labelled else {"train": raw["all"]}
+            splits.update({f"target_{name}": split for name, split in target.items()})
         train_tf = build_transform(self.data_config, self.augment, train=True)
         eval_tf = self._eval_transform = build_transform(self.data_config, self.augment, train=False)
         self._datasets = {
-            name: sources.LabeledImages(split, train_tf if name == "train" else eval_tf)
+            name: sources.LabeledImages(split, train_tf if name.endswith("train") else eval_tf)
             for name, split in splits.items()
         }
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        source = self._loader("train", shuffle=True)
+        if not self.target_batches:
+            return source
+        target = self._loader("target_train", shuffle=True, num_samples=len(source.dataset))
+        return CombinedLoader({"source": source, "target": target}, mode="max_size_cycle")
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The source's val split, and a labelled target's (dataloader_idx 1) beside it."""
+        source = self._loader("val")
+        return [source, self._loader("target_val")] if "target_val" in self.datasets else source
 
     def test_dataloader(self) -> DataLoader:
         if "test" not in self.datasets:
@@ -130,7 +155,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             if self.source == "folder" and "all" not in self._raw:
                 fix = f"add a test/ folder beside train/ and val/ in data.root={self.root}, or {fix}"
             raise ConfigError(f"no test split: {fix}")
-        return self._loader("test")
+        source = self._loader("test")
+        return [source, self._loader("target_test")] if "target_test" in self.datasets else source
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test" if "test" in self.datasets else "val")
@@ -143,11 +169,37 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.setup()
         return self._datasets
 
-    def split_sizes(self) -> dict[str, int]:
-        """Images per split after bad-file removal and few-shot subsampling; ``test`` is 0 when absent."""
-        return {name: len(self.datasets[name]) if name in self.datasets else 0 for name in sources.SPLITS}
+    def split_sizes(self, prefix: str = "") -> dict[str, int]:
+        """Images per split after bad-file removal and few-shot subsampling; ``test`` is 0 when absent.
+        ``prefix="target_"``: the target's."""
+        return {name: len(self.datasets.get(prefix + name, ())) for name in sources.SPLITS}
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def target_summary(self) -> dict | None:
+        """What summary.json says of the target: where it is from, whether labelled, its splits."""
+        if self._target_raw is None:
+            return None
+        where = {"root": self.target_root} if self.target_root is not None else {"source": self.target["source"]}
+        return {**where, "labelled": self.target_labelled, "split_sizes": self.split_sizes("target_")}
+
+    def _list_target(self, classes, photos) -> tuple[dict[str, sources.Split] | None, bool]:
+        """The target's images (not decoded) and whether they are labelled; None without a target."""
+        kind = self.target.get("source") or "folder"
+        if kind == "folder" and self.target_root is None:
+            return None, False
+        if kind in DIGIT_SOURCES:
+            split, names = DIGIT_SOURCES[kind](check_digit_classes(classes), photos)
+            raw, shown = {"all": split}, f"data.target.source={kind}"
+        else:
+            raw, names = sources.scan_target(self.target_root)
+            shown = f"data.target.root={self.target_root}"
+        if names is not None and names != self.class_names:
+            raise ConfigError(
+                f"{shown}: its classes {names} differ from the source's {self.class_names}; give the target the "
+                "source's class folders (or a flat folder of unlabelled images)"
+            )
+        return raw, names is not None
+
+    def _loader(self, split: str, shuffle: bool = False, num_samples: int | None = None) -> DataLoader:
         """Images, or the frozen backbone's cached features where they apply. The loader is kept while its kind
         stays, so per-epoch reloads (schedules whose phases switch between the two) keep persistent workers."""
         use_features = self._features_apply(split)
@@ -155,21 +207,24 @@ class ClassificationDataModule(pl.LightningDataModule):
         if kept is not None and isinstance(kept.dataset, features.FeatureDataset) == use_features:
             return kept
         dataset: Dataset = self._cached_features(split) if use_features else self.datasets[split]
-        batch_size = self.batch_size if split == "train" else self.eval_batch_size
+        batch_size = self.batch_size if shuffle else self.eval_batch_size
         workers = 0 if use_features else self.num_workers  # reading a memory map needs no worker processes
-        sampler = EpochShuffle(dataset) if shuffle else None
+        sampler = None
+        if shuffle:
+            sampler = EpochShuffle(dataset) if num_samples is None else CycleShuffle(dataset, num_samples)
+        drawn = len(dataset) if num_samples is None else num_samples
         loader = DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             generator=sampler.generator if sampler else None,  # worker seeds too
             # A last training batch of one image breaks BatchNorm ("more than 1 value per channel"): drop it.
-            drop_last=split == "train" and len(dataset) % batch_size == 1,
+            drop_last=shuffle and drawn % batch_size == 1,
             num_workers=workers,
             pin_memory=self._pin_memory(),
             persistent_workers=workers > 0,
         )
-        if split in ("train", "val"):
+        if split.removeprefix("target_") in ("train", "val"):
             self._loaders[split] = loader
         return loader
 
@@ -185,6 +240,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if self.feature_cache is None or self.backbone_frozen is None or trainer is None:
             return False
+        split = split.removeprefix("target_")
         if split not in ("train", "val") or (split == "train" and self.augment != "none"):
             return False
         if isinstance(trainer.strategy, ParallelStrategy):
@@ -251,22 +307,30 @@ class ClassificationDataModule(pl.LightningDataModule):
             )
         return splits
 
-    def _drop_bad_files(self, raw: dict[str, sources.Split]) -> dict[str, sources.Split]:
-        """Apply data.bad_files to files PIL cannot read; skipped ones go to output_dir/bad_files.txt."""
-        paths = [path for split in raw.values() for path in split.items]
-        subject = f"data.root={self.root}"
-        bad, skipped = images.screen(paths, self.bad_files, "data.bad_files", self.root, subject, self.output_dir)
-        if skipped is None:
+    def _readable(
+        self, raw: dict[str, sources.Split], option: str, root, folder: bool, prefix: str = ""
+    ) -> dict[str, sources.Split]:
+        """The splits of a folder without the files PIL cannot read (data.bad_files; skipped ones are listed in
+        output_dir/<prefix>bad_files.txt), decoded into memory with data.cache_images; digits as they are."""
+        if not folder:
             return raw
-        warnings.warn(skipped, stacklevel=2)
-        kept = {}
+        paths = [path for split in raw.values() for path in split.items]
+        subject = f"{option}={root}"
+        listing = f"{prefix}{images.BAD_FILES}"
+        bad, skipped = images.screen(paths, self.bad_files, "data.bad_files", root, subject, self.output_dir, listing)
+        if skipped is not None:
+            warnings.warn(skipped, stacklevel=2)
+            raw = {name: split.subset([i for i, p in enumerate(split.items) if p not in bad]) for name, split in raw.items()}
         for name, split in raw.items():
-            kept[name] = split.subset([i for i, path in enumerate(split.items) if path not in bad])
+            where = "" if name == "all" else f" in {name}"
+            if not len(split):
+                raise ConfigError(f"{subject}: no readable image{where}; add images")
             for label, class_name in enumerate(self.class_names):
-                if not (kept[name].labels == label).any():
-                    where = "" if name == "all" else f" in {name}"
+                if split.labels[0] >= 0 and not (split.labels == label).any():
                     raise ConfigError(
-                        f"data.root={self.root}: class folder '{class_name}'{where} has no readable images; "
+                        f"{subject}: class folder '{class_name}'{where} has no readable images; "
                         "remove it or add images"
                     )
-        return kept
+        if self.cache_images:
+            raw = {name: sources.decoded(split) for name, split in raw.items()}
+        return raw

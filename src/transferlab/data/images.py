@@ -68,13 +68,19 @@ def find_unreadable(paths: Sequence[Path]) -> dict[Path, str]:
 
 
 def screen(
-    paths: Sequence[Path], policy: str, option: str, root: str, subject: str, listing_dir: Path | None
+    paths: Sequence[Path],
+    policy: str,
+    option: str,
+    root: str,
+    subject: str,
+    listing_dir: Path | None,
+    listing_name: str = BAD_FILES,
 ) -> tuple[set[Path], str | None]:
     """The unreadable files among ``paths`` (found under ``root``) and a line saying they were skipped (None when
     there are none).
 
     Under ``policy`` ``error`` the first one is a ConfigError starting with ``subject``; under ``skip`` they are
-    listed in ``listing_dir``/bad_files.txt. ``option`` is the policy's option name, for the fixes.
+    listed in ``listing_dir``/``listing_name``. ``option`` is the policy's option name, for the fixes.
     """
     bad = find_unreadable(paths)
     if not bad:
@@ -84,7 +90,7 @@ def screen(
         raise ConfigError(f"{subject}: {first} is not a readable image ({reason}); delete it or set {option}=skip")
     where = ""
     if listing_dir is not None:
-        listing = Path(listing_dir) / BAD_FILES
+        listing = Path(listing_dir) / listing_name
         from transferlab.run_folder import write_atomic
 
         write_atomic(listing, "".join(f"{path}\n" for path in bad))

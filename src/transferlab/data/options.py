@@ -11,7 +11,8 @@ from transferlab.data.images import BAD_FILE_POLICIES
 from transferlab.data.transforms import AUGMENT_PRESETS
 from transferlab.errors import ConfigError
 
-SOURCES = ("digits", "folder")
+SOURCES = ("digits", "digits_m", "folder")
+TARGET_SOURCES = ("folder", "digits_m")
 
 
 def check_options(options: Mapping[str, Any]) -> None:
@@ -37,6 +38,29 @@ def check_options(options: Mapping[str, Any]) -> None:
     _whole("eval_batch_size", get("eval_batch_size"), 1, "32")
     _whole("num_workers", get("num_workers"), 0, "0 (0 loads in the main process)")
     _whole("input_size", get("input_size"), 1, "224")
+    _check_target(get("target"))
+    target = get("target") or {}
+    if get("target_batches") and target.get("root") is None and target.get("source") != "digits_m":
+        raise ConfigError(
+            "data.target.root=null: domain adaptation (adapt=...) needs target images; set data.target.root=PATH "
+            "(a folder of target images, flat or in class folders) or use data=digits_m"
+        )
+
+
+def _check_target(target: Any) -> None:
+    if target is None:
+        return
+    if not isinstance(target, Mapping):
+        raise ConfigError(f"data.target={target}: give the target's options, e.g. data.target.root=PATH")
+    unknown = sorted(set(target) - {"source", "root"})
+    if unknown:
+        raise ConfigError(f"data.target.{unknown[0]}: unknown option; data.target takes root and source")
+    _choice("target.source", target.get("source") or "folder", TARGET_SOURCES)
+    root = target.get("root")
+    if root is not None and not isinstance(root, str):
+        raise ConfigError(f"data.target.root={root}: give a folder path")
+    if root is not None and target.get("source") == "digits_m":
+        raise ConfigError(f"data.target.root={root} is set but data.target.source=digits_m; set data.target.source=folder")
 
 
 def check_digit_classes(classes: list[int] | None) -> list[int] | None:

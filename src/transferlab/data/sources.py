@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from transferlab.data.images import IMG_EXTENSIONS, image_files, load_rgb
@@ -55,14 +56,57 @@ def decoded(split: Split) -> Split:
 def load_digits(classes: Sequence[int] | None) -> tuple[Split, list[str]]:
     """scikit-learn's 1,797 8x8 handwritten digits as RGB uint8 arrays, keeping ``classes`` in their order."""
     images, target = _sklearn_digits()
-    classes = list(range(10)) if classes is None else list(classes)
-    keep = np.isin(target, classes)
     # 0..16 intensities -> 0..255, replicated to 3 channels so every backbone sees an RGB image.
-    gray = np.round(images[keep] * (255.0 / 16.0)).astype(np.uint8)
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    gray = np.round(images * (255.0 / 16.0)).astype(np.uint8)
+    return _select(list(np.repeat(gray[..., None], 3, axis=-1)), target, classes)
+
+
+DIGITS_M_SIZE = 32
+
+
+def load_digits_m(classes: Sequence[int] | None, photos: str | None = None) -> tuple[Split, list[str]]:
+    """"digits-M", made as Ganin et al. made MNIST-M from MNIST: each digit (upsampled to 32 px) blended by absolute
+    difference over a random 32 px crop of a colour photo (``photos``: a folder; None: scikit-learn's two sample
+    photos). The digits of :func:`load_digits` in its order, so a split seed splits both alike; each digit's photo
+    and crop are seeded by its index: the same set every time."""
+    images, target = _sklearn_digits()
+    backgrounds = _photos(photos)
+    size, blended = DIGITS_M_SIZE, []
+    for index, image in enumerate(images):
+        digit = Image.fromarray(np.round(image * (255.0 / 16.0)).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+        rng = np.random.default_rng([0, index])
+        photo = backgrounds[rng.integers(len(backgrounds))]
+        top, left = rng.integers(photo.shape[0] - size + 1), rng.integers(photo.shape[1] - size + 1)
+        patch = photo[top : top + size, left : left + size].astype(np.int16)
+        blended.append(np.abs(patch - np.asarray(digit, dtype=np.int16)[..., None]).astype(np.uint8))
+    return _select(blended, target, classes)
+
+
+def _select(rgb: list[np.ndarray], target: np.ndarray, classes: Sequence[int] | None) -> tuple[Split, list[str]]:
+    classes = list(range(10)) if classes is None else list(classes)
+    keep = np.flatnonzero(np.isin(target, classes))
     remap = {digit: label for label, digit in enumerate(classes)}
     labels = np.array([remap[d] for d in target[keep]], dtype=np.int64)
-    return Split(list(rgb), labels), [str(d) for d in classes]
+    return Split([rgb[i] for i in keep], labels), [str(d) for d in classes]
+
+
+def _photos(folder: str | None) -> list[np.ndarray]:
+    """The colour photos digits-M is blended over, as HxWx3 uint8 arrays of at least 32 px a side."""
+    if folder is None:
+        spec = importlib.util.find_spec("sklearn")
+        folder = str(Path(spec.origin).parent / "datasets/images") if spec and spec.origin else ""
+        option = "scikit-learn's sample images"
+    else:
+        option = f"data.photos={folder}"
+    root = Path(folder).expanduser()
+    files = image_files(root) if root.is_dir() else []
+    if not files:
+        raise ConfigError(f"{option}: no photos found in {root}; set data.photos to a folder of colour photos")
+    photos = [np.asarray(load_rgb(f)) for f in files]
+    photos = [p for p in photos if min(p.shape[:2]) >= DIGITS_M_SIZE]
+    if not photos:
+        raise ConfigError(f"{option}: no photo of at least {DIGITS_M_SIZE} px a side; add larger photos")
+    return photos
 
 
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +131,8 @@ def _class_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def scan_folder(root: str | Path) -> tuple[dict[str, Split], list[str]]:
-    """List an image tree without decoding anything.
+def scan_folder(root: str | Path, option: str = "data.root") -> tuple[dict[str, Split], list[str]]:
+    """List an image tree without decoding anything; ``option`` names it in errors.
 
     ``root/train`` present: the splits are ``train/``, ``val/`` (required) and an optional ``test/``, all with
     the same class folders. Otherwise ``root`` holds the class folders and the one split is called ``all``.
@@ -96,17 +140,17 @@ def scan_folder(root: str | Path) -> tuple[dict[str, Split], list[str]]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ConfigError(
-            f"data.root={root}: folder not found; set data.root to a folder of class folders (or train/ val/)"
+            f"{option}={root}: folder not found; set {option} to a folder of class folders (or train/ val/)"
         )
     if not (root / "train").is_dir():
-        class_names = _check_classes(root, _class_folders(root))
-        return {"all": _scan_classes(root, root, class_names, where=None)}, class_names
+        class_names = _check_classes(root, _class_folders(root), option)
+        return {"all": _scan_classes(root, root, class_names, None, option)}, class_names
     if not (root / "val").is_dir():
         raise ConfigError(
-            f"data.root={root}: has train/ but no val/; add a val/ folder with the same class folders "
-            "(or put the class folders directly in data.root to split by data.val_fraction)"
+            f"{option}={root}: has train/ but no val/; add a val/ folder with the same class folders "
+            f"(or put the class folders directly in {option} to split by data.val_fraction)"
         )
-    class_names = _check_classes(root, _class_folders(root / "train"))
+    class_names = _check_classes(root, _class_folders(root / "train"), option)
     splits = {}
     for name in SPLITS:
         folder = root / name
@@ -115,30 +159,47 @@ def scan_folder(root: str | Path) -> tuple[dict[str, Split], list[str]]:
         found = _class_folders(folder)
         if found != class_names:
             raise ConfigError(
-                f"data.root={root}: class folders in {name}/ {found} differ from train/ {class_names}; "
+                f"{option}={root}: class folders in {name}/ {found} differ from train/ {class_names}; "
                 "use the same class folders in every split"
             )
-        splits[name] = _scan_classes(root, folder, class_names, where=name)
+        splits[name] = _scan_classes(root, folder, class_names, name, option)
     return splits, class_names
 
 
-def _check_classes(root: Path, class_names: list[str]) -> list[str]:
+def scan_target(root: str | Path) -> tuple[dict[str, Split], list[str] | None]:
+    """``data.target.root``: a tree like data.root's (labelled: the labels only score), or images directly in it
+    (unlabelled: one split ``all``, labels -1, and ``None`` for the class names)."""
+    option, root = "data.target.root", Path(root).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"{option}={root}: folder not found; give a folder of target images (flat or in class folders)")
+    if _class_folders(root):
+        return scan_folder(root, option)
+    files = image_files(root)
+    if not files:
+        raise ConfigError(
+            f"{option}={root}: has no images ({', '.join(IMG_EXTENSIONS)}); put the target images in it, "
+            "flat (unlabelled) or in class folders"
+        )
+    return {"all": Split(files, np.full(len(files), -1, dtype=np.int64))}, None
+
+
+def _check_classes(root: Path, class_names: list[str], option: str) -> list[str]:
     if len(class_names) < 2:
         raise ConfigError(
-            f"data.root={root}: found {len(class_names)} class folder(s) {class_names}; "
+            f"{option}={root}: found {len(class_names)} class folder(s) {class_names}; "
             "a classifier needs at least 2: put each class's images in its own sub-folder"
         )
     return class_names
 
 
-def _scan_classes(root: Path, folder: Path, class_names: list[str], where: str | None) -> Split:
+def _scan_classes(root: Path, folder: Path, class_names: list[str], where: str | None, option: str) -> Split:
     items, labels = [], []
     for label, name in enumerate(class_names):
         files = image_files(folder / name)
         if not files:
             in_split = f" in {where}" if where else ""
             raise ConfigError(
-                f"data.root={root}: class folder '{name}'{in_split} has no images "
+                f"{option}={root}: class folder '{name}'{in_split} has no images "
                 f"({', '.join(IMG_EXTENSIONS)}); remove it or add images"
             )
         items += files

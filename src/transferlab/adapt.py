@@ -1,0 +1,184 @@
+"""Domain adaptation from unlabelled target images: one more loss on a batch of source and target images.
+
+DANN (Ganin & Lempitsky 2015): a domain discriminator learns to tell source from target features, and a gradient
+reversal layer makes the features fool it. CDAN (Long et al. 2018): the discriminator sees the features
+conditioned on the class predictions (their outer product), each example weighted by its prediction's certainty.
+MCC (Jin et al. 2020): no extra network; it penalises confusion between classes in the target predictions.
+DANN or CDAN can be combined with MCC. The losses follow thuml's Transfer-Learning-Library.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transferlab.errors import ConfigError
+
+ADVERSARIAL = ("dann", "cdan")
+RANDOMIZED_ABOVE = 4096  # CDAN: a features x classes outer product wider than this gets a random projection
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """The ``adapt.`` options that cannot work, as one-line errors."""
+    adversarial = options.get("adversarial")
+    if adversarial is not None and adversarial not in ADVERSARIAL:
+        raise ConfigError(f"adapt.adversarial={adversarial}: unknown; choose dann, cdan or null")
+    for option, default, example in (
+        ("adversarial_weight", 1.0, "1.0"),
+        ("mcc_weight", 0.0, "1.0"),
+        ("discriminator_lr_mult", 1.0, "1.0"),
+        ("temperature", 2.5, "2.5"),
+    ):
+        value = options.get(option, default)
+        positive = option in ("discriminator_lr_mult", "temperature")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or value < 0 or (positive and value == 0):
+            bound = "> 0" if positive else ">= 0"
+            raise ConfigError(f"adapt.{option}={value}: use a number {bound}, e.g. adapt.{option}={example}")
+    hidden = options.get("discriminator_hidden", 1024)
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise ConfigError(f"adapt.discriminator_hidden={hidden}: use a whole number >= 1, e.g. 1024")
+    if adversarial is None and not options.get("mcc_weight"):
+        raise ConfigError("adapt: adapts nothing (adversarial=null, mcc_weight=0); use adapt=dann, cdan or mcc")
+
+
+def ramp(progress: float) -> float:
+    """Ganin et al.'s trade-off schedule 2 / (1 + exp(-10 p)) - 1: 0 at the start, near 1 from half-way on."""
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coefficient: float) -> torch.Tensor:
+        ctx.coefficient = coefficient
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.coefficient * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, coefficient: float) -> torch.Tensor:
+    """The identity going forward; going back, the gradient times ``-coefficient``."""
+    return _ReverseGradient.apply(x, coefficient)
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Each row's entropy (nats)."""
+    return -(probs * torch.log(probs + 1e-5)).sum(dim=1)
+
+
+def certainty_weights(probs: torch.Tensor) -> torch.Tensor:
+    """1 + exp(-entropy) per example, normalised to mean 1: confident predictions count more (CDAN-E, MCC)."""
+    weight = 1.0 + torch.exp(-entropy(probs.detach()))
+    return weight * (len(weight) / weight.sum())
+
+
+def class_confusion(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Minimum class confusion (Jin et al. 2020): the off-diagonal mass of the certainty-weighted, row-normalised
+    class correlation of ``logits``' tempered predictions, divided by the number of classes."""
+    num_classes = logits.shape[1]
+    probs = F.softmax(logits / temperature, dim=1)
+    weighted = probs * certainty_weights(probs).unsqueeze(1)
+    confusion = weighted.t() @ probs
+    confusion = confusion / confusion.sum(dim=1, keepdim=True)
+    return (confusion.sum() - confusion.trace()) / num_classes
+
+
+class DomainDiscriminator(nn.Sequential):
+    """Two hidden layers (linear, BatchNorm, ReLU) and one logit: source (1) or target (0)."""
+
+    def __init__(self, in_features: int, hidden: int = 1024):
+        super().__init__(
+            nn.Linear(in_features, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
+
+
+class DomainAdaptation(nn.Module):
+    """The adaptation loss of a training batch whose first ``num_source`` rows are source images, the rest target.
+
+    ``adversarial``: ``dann``, ``cdan`` or None; the features reach the discriminator through gradient reversal
+    scaled by ``adversarial_weight`` x :func:`ramp` (training progress). ``mcc_weight`` > 0 adds MCC on the
+    target predictions. ``in_features`` is the width of the adapted feature (what the head's classifier reads),
+    ``num_classes`` the number of logits (two for a binary head: give two-column logits).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        adversarial: str | None = "dann",
+        adversarial_weight: float = 1.0,
+        mcc_weight: float = 0.0,
+        temperature: float = 2.5,
+        discriminator_hidden: int = 1024,
+        discriminator_lr_mult: float = 1.0,
+    ):
+        super().__init__()
+        check_options({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.adversarial, self.adversarial_weight = adversarial, float(adversarial_weight)
+        self.mcc_weight, self.temperature = float(mcc_weight), float(temperature)
+        self.discriminator_lr_mult = float(discriminator_lr_mult)
+        self.discriminator: nn.Module | None = None
+        if adversarial == "cdan":
+            width = in_features * num_classes
+            if width > RANDOMIZED_ABOVE:  # Long et al.'s randomized multilinear map, fixed at construction
+                width = 1024
+                self.register_buffer("random_features", torch.randn(in_features, width))
+                self.register_buffer("random_classes", torch.randn(num_classes, width))
+            self.discriminator = DomainDiscriminator(width, discriminator_hidden)
+        elif adversarial == "dann":
+            self.discriminator = DomainDiscriminator(in_features, discriminator_hidden)
+
+    @property
+    def methods(self) -> list[str]:
+        return [m for m in (self.adversarial, "mcc" if self.mcc_weight > 0 else None) if m]
+
+    def forward(
+        self, features: torch.Tensor, logits: torch.Tensor, num_source: int, progress: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, what to log) for a batch of ``features`` and ``logits``, source rows first."""
+        loss = features.new_zeros(())
+        logs: dict[str, float] = {}
+        if self.discriminator is not None:
+            coefficient = self.adversarial_weight * ramp(progress)
+            domain_loss, domain_acc = self._adversarial(features, logits, num_source, coefficient)
+            loss = loss + domain_loss
+            logs.update({"adapt/lambda": coefficient, "adapt/domain_loss": domain_loss.detach(), "adapt/domain_acc": domain_acc})
+        if self.mcc_weight > 0:
+            mcc = class_confusion(logits[num_source:], self.temperature)
+            loss = loss + self.mcc_weight * mcc
+            logs["adapt/mcc"] = mcc.detach()
+        return loss, logs
+
+    def _adversarial(
+        self, features: torch.Tensor, logits: torch.Tensor, num_source: int, coefficient: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The discriminator's loss (source 1, target 0; each domain weighs half) and accuracy."""
+        weight = None
+        if self.adversarial == "cdan":
+            probs = F.softmax(logits, dim=1).detach()  # conditioning only: no gradient into the classifier here
+            if hasattr(self, "random_features"):
+                joint = (features @ self.random_features) * (probs @ self.random_classes) / math.sqrt(1024)
+            else:
+                joint = torch.bmm(probs.unsqueeze(2), features.unsqueeze(1)).flatten(1)
+            features = joint
+            weight = certainty_weights(probs)
+        domain_logit = self.discriminator(reverse_gradient(features, coefficient)).squeeze(1)
+        is_source = torch.zeros_like(domain_logit)
+        is_source[:num_source] = 1
+        halves = torch.where(is_source > 0, 0.5 / num_source, 0.5 / max(1, len(is_source) - num_source))
+        weight = halves if weight is None else halves * weight
+        loss = F.binary_cross_entropy_with_logits(domain_logit, is_source, weight=weight, reduction="sum")
+        acc = ((domain_logit > 0).float() == is_source).float().mean().detach()
+        return loss, acc

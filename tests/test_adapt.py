@@ -1,0 +1,273 @@
+"""Domain adaptation: gradient reversal, the DANN/CDAN/MCC losses, target data, and real tiny runs end to end."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY, run_cli
+from PIL import Image
+
+from transferlab.adapt import DomainAdaptation, class_confusion, ramp, reverse_gradient
+from transferlab.data import ClassificationDataModule
+from transferlab.data.sampling import CycleShuffle, EpochShuffle
+from transferlab.data.sources import load_digits, load_digits_m
+from transferlab.errors import ConfigError
+from transferlab.train import train
+
+DA = ["data=digits_m", "test=false"]
+
+
+def test_gradient_reversal_flips_the_gradient_and_scales_it():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = reverse_gradient(x, 0.3)
+    assert torch.equal(y, x)
+    (y * torch.arange(3.0)).sum().backward()
+    assert torch.allclose(x.grad, -0.3 * torch.arange(3.0).expand(4, 3))
+
+
+def test_ramp_follows_ganin_et_al():
+    assert ramp(0.0) == 0.0
+    assert ramp(0.5) == pytest.approx(2 / (1 + np.exp(-5)) - 1)
+    assert ramp(1.0) == pytest.approx(0.99991, abs=1e-5)
+    assert all(ramp(a) < ramp(b) for a, b in zip(np.linspace(0, 1, 11)[:-1], np.linspace(0, 1, 11)[1:]))
+
+
+@pytest.mark.parametrize("adversarial", ["dann", "cdan"])
+def test_features_get_the_discriminators_gradient_reversed_and_scaled_by_the_ramp(adversarial):
+    torch.manual_seed(0)
+    adaptation = DomainAdaptation(8, 3, adversarial=adversarial, adversarial_weight=0.5, discriminator_hidden=16)
+    features = torch.randn(12, 8, requires_grad=True)
+    logits = torch.randn(12, 3)
+    loss, logs = adaptation(features, logits, num_source=6, progress=0.2)
+    loss.backward()
+    assert logs["adapt/lambda"] == pytest.approx(0.5 * ramp(0.2))
+    # The same loss through a reversal of -1 (the identity's gradient): the discriminator's own gradient.
+    plain = features.detach().clone().requires_grad_(True)
+    adaptation.adversarial_weight = -1.0 / ramp(0.2)
+    adaptation(plain, logits, num_source=6, progress=0.2)[0].backward()
+    assert torch.allclose(features.grad, -0.5 * ramp(0.2) * plain.grad, atol=1e-6)
+    assert features.grad.abs().sum() > 0
+
+
+def test_mcc_is_low_for_confident_distinct_predictions_and_high_for_confusion():
+    confident = torch.eye(4).repeat(4, 1) * 20
+    confused = torch.zeros(16, 4)
+    assert class_confusion(confident, 2.5) < 0.01
+    assert class_confusion(confused, 2.5) == pytest.approx(0.75)
+
+
+def test_an_adapter_that_adapts_nothing_is_refused():
+    with pytest.raises(ConfigError, match=r"^adapt: adapts nothing"):
+        DomainAdaptation(8, 3, adversarial=None, mcc_weight=0.0)
+    with pytest.raises(ConfigError, match=r"^adapt.adversarial=gan: unknown"):
+        DomainAdaptation(8, 3, adversarial="gan")
+
+
+def test_digits_m_blends_each_digit_over_a_photo_the_same_way_every_time():
+    digits, names = load_digits([3, 7])
+    blended, same_names = load_digits_m([3, 7])
+    again, _ = load_digits_m([3, 7])
+    assert names == same_names and np.array_equal(digits.labels, blended.labels)
+    assert blended.items[0].shape == (32, 32, 3) and blended.items[0].dtype == np.uint8
+    assert all(np.array_equal(a, b) for a, b in zip(blended.items, again.items))
+    # Colour from the photo: the channels differ (a digit alone is gray, the same in all three).
+    assert np.array_equal(digits.items[0][..., 0], digits.items[0][..., 1])
+    assert not np.array_equal(blended.items[0][..., 0], blended.items[0][..., 1])
+
+
+def test_target_order_is_not_the_sources():
+    os.environ.setdefault("PL_GLOBAL_SEED", "7")
+    data = list(range(50))
+    source = list(EpochShuffle(data))
+    target = CycleShuffle(data, num_samples=120)
+    drawn = list(target)
+    assert len(drawn) == 120 and sorted(drawn[:50]) == data and sorted(drawn[50:100]) == data
+    assert drawn[:50] != source
+    target.set_epoch(1)
+    assert list(target) != drawn
+
+
+def _write(folder: Path, split, class_names=None):
+    """Write a Split's arrays as PNG files: in class folders, or flat when ``class_names`` is None."""
+    for i, (item, label) in enumerate(zip(split.items, split.labels)):
+        where = folder / class_names[label] if class_names else folder
+        where.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(item).save(where / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """digits 0-2 as a labelled source folder; digits-M 0-2 labelled and flat (unlabelled)."""
+    root = tmp_path_factory.mktemp("domains")
+    source, names = load_digits([0, 1, 2])
+    target, _ = load_digits_m([0, 1, 2])
+    _write(root / "digits", source, names)
+    _write(root / "digits_m", target, names)
+    flat = target.subset(range(0, len(target), 3))
+    _write(root / "unlabelled", flat)
+    return root
+
+
+def test_each_method_trains_on_digits_m_in_a_sweep_and_the_report_shows_target_accuracy(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "transferlab-train",
+        "-m",
+        *TINY,
+        "data=digits_m",
+        "adapt=none,dann,cdan,mcc,dann_mcc",
+        "data.batch_size=32",
+        "adapt.discriminator_hidden=64",
+        f"hydra.sweep.dir={sweep}",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    methods = {}
+    for summary_file in sorted(sweep.glob("*/summary.json")):
+        summary = json.loads(summary_file.read_text())
+        assert summary["status"] == "completed", summary.get("error")
+        assert 0 <= summary["test"]["target/acc"] <= 1 and "target/f1" in summary["test"]
+        assert summary["target"] == {
+            "source": "digits_m",
+            "labelled": True,
+            "split_sizes": summary["split_sizes"],  # digits-M split like the digits it is made of
+        }
+        assert summary["model_selection"] == {"monitor": "val/acc", "on_target_labels": False}
+        methods[tuple((summary.get("adaptation") or {}).get("methods", []))] = summary
+        assert "target/acc" in summary["final"]
+    assert set(methods) == {(), ("dann",), ("cdan",), ("mcc",), ("dann", "mcc")}
+    dann = methods[("dann",)]
+    assert dann["adaptation"]["steps_per_epoch"] == -(-dann["split_sizes"]["train"] // 32)
+    assert 0 < dann["final"]["adapt/lambda"] <= 1 and "lr/discriminator" in dann["final"]
+    assert "adapt/mcc" in methods[("mcc",)]["final"] and "adapt/domain_loss" not in methods[("mcc",)]["final"]
+    report = run_cli("transferlab-report", sweep)
+    assert report.returncode == 0, report.stderr
+    assert "target/acc" in (sweep / "report.md").read_text()
+
+
+def test_two_folders_labelled_target_and_selection_on_target_labels(make_cfg, folders, tmp_path):
+    summary = train(
+        make_cfg(
+            "data=folder",
+            f"data.root={folders / 'digits'}",
+            f"data.target.root={folders / 'digits_m'}",
+            "data.test_fraction=0.2",
+            "data.augment=none",
+            "adapt=dann",
+            "adapt.discriminator_hidden=64",
+            "monitor=target/acc",
+        )
+    )
+    assert summary["status"] == "completed"
+    assert summary["model_selection"] == {"monitor": "target/acc", "on_target_labels": True}
+    assert summary["target"]["labelled"] and summary["target"]["root"] == str(folders / "digits_m")
+    assert "target/acc" in summary["test"] and summary["best"]["target/acc"] == summary["final"]["target/acc"]
+
+
+def test_flat_unlabelled_target_trains_without_target_scores(make_cfg, folders):
+    summary = train(
+        make_cfg(
+            "data=folder",
+            f"data.root={folders / 'digits'}",
+            f"data.target.root={folders / 'unlabelled'}",
+            "data.augment=none",
+            "adapt=mcc",
+        )
+    )
+    images = len(list((folders / "unlabelled").iterdir()))
+    assert summary["target"] == {
+        "root": str(folders / "unlabelled"),
+        "labelled": False,
+        "split_sizes": {"train": images, "val": 0, "test": 0},
+    }
+    assert not any(k.startswith("target/") for k in summary["final"])
+
+
+def test_frozen_backbone_adapts_the_heads_hidden_layer_from_cached_features(make_cfg):
+    summary = train(make_cfg(*DA, "schedule=frozen", "schedule.probe=sgd", "head=mlp", "adapt=dann", "trainer.max_epochs=2"))
+    served = {(e["split"], e["hit"]) for e in summary["feature_cache"]}
+    assert {"train", "val", "target_train", "target_val"} <= {split for split, _ in served}
+    assert summary["final"]["adapt/lambda"] > 0
+
+
+def test_resume_mid_ramp_ends_with_the_same_weights(make_cfg, tmp_path):
+    common = [*DA, "adapt=dann_mcc", "adapt.discriminator_hidden=32", "trainer.max_epochs=3"]
+    train(make_cfg(*common, run="straight"))
+    train(make_cfg(*common, "+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0", run="resumed"))
+    summary = train(make_cfg(*common, "ckpt_path=last", run="resumed"))
+    assert summary["epochs"] == 3
+    straight = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    resumed = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert any(k.startswith("adaptation.discriminator.") for k in straight)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_ddp_two_processes_adapt_in_step(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    weights = tmp_path / "weights"
+    result = run_cli(
+        "transferlab-train",
+        *TINY,
+        *DA,
+        "adapt=cdan",
+        "adapt.discriminator_hidden=32",
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "+callbacks.save._target_=helpers.SaveEpochWeights",
+        f"+callbacks.save.dirpath={weights}",
+        f"hydra.run.dir={tmp_path}/run",
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0 = torch.load(weights / "rank0_epoch0.pt", weights_only=True)
+    r1 = torch.load(weights / "rank1_epoch0.pt", weights_only=True)
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["status"] == "completed" and summary["adaptation"]["methods"] == ["cdan"]
+
+
+def _error(*args) -> str:
+    result = run_cli("transferlab-train", *TINY, *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_target_folder_errors_are_one_line(tmp_path, folders):
+    (tmp_path / "empty").mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(3):
+        (broken / f"{i}.png").write_bytes(b"not a png")
+    other = tmp_path / "other_classes"
+    for name in ("cat", "dog"):
+        (other / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(other / name / "a.png")
+    run = f"hydra.run.dir={tmp_path}/run"
+    assert "folder not found" in _error("adapt=dann", f"data.target.root={tmp_path / 'missing'}", run)
+    assert "has no images" in _error("adapt=dann", f"data.target.root={tmp_path / 'empty'}", run)
+    assert "no readable image" in _error("adapt=dann", f"data.target.root={broken}", run, "overwrite=true")
+    line = _error("adapt=dann", f"data.target.root={other}", run, "overwrite=true")
+    assert "['cat', 'dog'] differ from the source's ['0', '1', '2']" in line
+    assert "needs target images" in _error("adapt=dann", run, "overwrite=true")
+    line = _error("adapt=dann", "data=digits_m", "schedule=frozen", run, "overwrite=true")
+    assert line.startswith("error: adapt.adversarial=dann: nothing to adapt") and "head=mlp" in line
+    assert "adapt.mcc_weight=-1" in _error("adapt=mcc", "data=digits_m", "adapt.mcc_weight=-1", run)
+
+
+def test_target_datamodule_splits_a_labelled_folder_like_the_source(folders):
+    module = ClassificationDataModule(
+        source="folder", root=str(folders / "digits"), target={"root": str(folders / "digits_m")}, test_fraction=0.2
+    )
+    assert module.split_sizes("target_") == module.split_sizes()
+    source = module.datasets["test"].items
+    target = module.datasets["target_test"].items
+    assert [p.name for p in source] == [p.name for p in target]  # the same digits, so no target test digit was trained on
