@@ -175,9 +175,9 @@ def main() -> None:
         earlier = json.loads(saved.read_text())
         results = {s: {**earlier.get(s, {}), **rows} for s, rows in {**earlier, **results}.items()}
     saved.write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
+    table = markdown(results, list(STRATEGIES), "strategy")
     (args.out / "schedules.md").write_text(table + "\n")
-    plot(results, args.out / "schedules.png")
+    plot(results, args.out / "schedules.png", list(STRATEGIES), "Transfer strategies (mean ± std over seeds)")
     print(f"\n{table}\n\n{len(epoch_s) * args.seeds + 1} runs in {time.perf_counter() - start:.0f} s")
     for setting, rows in results.items():
         if "scratch" not in rows:
@@ -187,10 +187,11 @@ def main() -> None:
         print(f"{setting}: best {best} {statistics.mean(rows[best]) / scratch:.2f}x scratch accuracy")
 
 
-def markdown(results: dict[str, dict[str, list[float]]]) -> str:
+def markdown(results: dict[str, dict[str, list[float]]], names: list[str], row_title: str) -> str:
+    """Rows ``names``, a column per setting, mean ± std over seeds."""
     settings_ = list(results)
-    lines = ["| strategy | " + " | ".join(settings_) + " |", "|---|" + "---|" * len(settings_)]
-    for name in STRATEGIES:
+    lines = [f"| {row_title} | " + " | ".join(settings_) + " |", "|---|" + "---|" * len(settings_)]
+    for name in names:
         cells = [
             f"{statistics.mean(results[s][name]):.3f} ± {statistics.pstdev(results[s][name]):.3f}"
             if name in results[s]
@@ -201,7 +202,7 @@ def markdown(results: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
+def plot(results: dict[str, dict[str, list[float]]], path: Path, names: list[str], title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,7 +210,6 @@ def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(10, 4))
     width = 0.8 / len(results)
-    names = list(STRATEGIES)
     for k, (setting, rows) in enumerate(results.items()):
         xs = [i + k * width for i in range(len(names))]
         ax.bar(
@@ -221,7 +221,7 @@ def plot(results: dict[str, dict[str, list[float]]], path: Path) -> None:
             capsize=2,
         )
     ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(names))], names, rotation=20)
-    ax.set(ylabel="target accuracy", ylim=(0, 1), title="Transfer strategies (mean ± std over seeds)")
+    ax.set(ylabel="target accuracy", ylim=(0, 1), title=title)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -141,6 +141,10 @@ def cases(work: Path, ckpt: Path, done: Path) -> list[Case]:
         ["monitor_mode=up"], ["label_smoothing=nan"], ["test=maybe"], ["+data.colour=rgb"],
         ["backbone.name=resnet_nope"], ["backbone.weights=~/no-such-weights.pth"], ["ckpt_path=/no/such.ckpt"],
         ["data=folder"], ["data=folder", "data.root=/no/such/folder"],
+        ["adapt=dann"], ["adapt=gan"], ["adapt=dann", "data.target.root=/no/such/folder"],
+        ["adapt=dann", "data=digits_m", "adapt.adversarial_weight=nan"], ["adapt=mcc", "data=digits_m", "adapt.temperature=0"],
+        ["adapt=dann", "data=digits_m", "schedule=frozen"], ["data=digits_m", "data.target.source=mnist"],
+        ["data=digits_m", "data.target.colour=rgb"], ["data=digits_m", "data.photos=/no/such/folder"],
     ):  # fmt: skip
         c.append(Case(f"train {' '.join(args)}", "transferlab-train", [*TINY, *args]))
 

@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import TINY, run_cli
 from PIL import Image
 
 from transferlab.adapt import DomainAdaptation, class_confusion, ramp, reverse_gradient
@@ -16,7 +14,10 @@ from transferlab.data import ClassificationDataModule
 from transferlab.data.sampling import CycleShuffle, EpochShuffle
 from transferlab.data.sources import load_digits, load_digits_m
 from transferlab.errors import ConfigError
+from transferlab.module import load_module
 from transferlab.train import train
+
+from conftest import TINY, run_cli
 
 DA = ["data=digits_m", "test=false"]
 
@@ -188,7 +189,9 @@ def test_flat_unlabelled_target_trains_without_target_scores(make_cfg, folders):
 
 
 def test_frozen_backbone_adapts_the_heads_hidden_layer_from_cached_features(make_cfg):
-    summary = train(make_cfg(*DA, "schedule=frozen", "schedule.probe=sgd", "head=mlp", "adapt=dann", "trainer.max_epochs=2"))
+    summary = train(
+        make_cfg(*DA, "schedule=frozen", "schedule.probe=sgd", "head=mlp", "adapt=dann", "trainer.max_epochs=2")
+    )
     served = {(e["split"], e["hit"]) for e in summary["feature_cache"]}
     assert {"train", "val", "target_train", "target_val"} <= {split for split, _ in served}
     assert summary["final"]["adapt/lambda"] > 0
@@ -197,7 +200,9 @@ def test_frozen_backbone_adapts_the_heads_hidden_layer_from_cached_features(make
 def test_resume_mid_ramp_ends_with_the_same_weights(make_cfg, tmp_path):
     common = [*DA, "adapt=dann_mcc", "adapt.discriminator_hidden=32", "trainer.max_epochs=3"]
     train(make_cfg(*common, run="straight"))
-    train(make_cfg(*common, "+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0", run="resumed"))
+    train(
+        make_cfg(*common, "+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0", run="resumed")
+    )
     summary = train(make_cfg(*common, "ckpt_path=last", run="resumed"))
     assert summary["epochs"] == 3
     straight = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)["state_dict"]
@@ -205,6 +210,9 @@ def test_resume_mid_ramp_ends_with_the_same_weights(make_cfg, tmp_path):
     assert any(k.startswith("adaptation.discriminator.") for k in straight)
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+    # Inference rebuilds the model alone: the discriminator is left out.
+    model = load_module(str(tmp_path / "resumed/checkpoints/last.ckpt"))
+    assert model.adaptation is None and torch.equal(model.head.fc.weight, straight["head.fc.weight"])
 
 
 def test_ddp_two_processes_adapt_in_step(tmp_path):
@@ -270,4 +278,23 @@ def test_target_datamodule_splits_a_labelled_folder_like_the_source(folders):
     assert module.split_sizes("target_") == module.split_sizes()
     source = module.datasets["test"].items
     target = module.datasets["target_test"].items
-    assert [p.name for p in source] == [p.name for p in target]  # the same digits, so no target test digit was trained on
+    assert [p.name for p in source] == [
+        p.name for p in target
+    ]  # the same digits, so no target test digit was trained on
+
+
+def test_wandb_gets_target_and_adaptation_metrics(tmp_path):
+    from test_wandb import _run_records
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    env["HOME"] = str(tmp_path)  # no credentials: offline by itself
+    run = tmp_path / "run"
+    result = run_cli(
+        "transferlab-train", *TINY, "logger=[csv,wandb]", "data=digits_m", "adapt=dann", f"hydra.run.dir={run}", env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = _run_records(run)
+    assert records["config"]["adapt"]["adversarial"] == "dann"
+    assert {"target/acc", "adapt/lambda_epoch", "lr-AdamW/discriminator"} <= records["history_keys"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert records["summary"]["target/acc"] == pytest.approx(summary["test"]["target/acc"])

@@ -154,7 +154,9 @@ class DomainAdaptation(nn.Module):
             coefficient = self.adversarial_weight * ramp(progress)
             domain_loss, domain_acc = self._adversarial(features, logits, num_source, coefficient)
             loss = loss + domain_loss
-            logs.update({"adapt/lambda": coefficient, "adapt/domain_loss": domain_loss.detach(), "adapt/domain_acc": domain_acc})
+            logs.update(
+                {"adapt/lambda": coefficient, "adapt/domain_loss": domain_loss.detach(), "adapt/domain_acc": domain_acc}
+            )
         if self.mcc_weight > 0:
             mcc = class_confusion(logits[num_source:], self.temperature)
             loss = loss + self.mcc_weight * mcc

@@ -103,18 +103,10 @@ class TransferModule(pl.LightningModule):
             return F.binary_cross_entropy_with_logits(logits.squeeze(1), soft)
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
-    def _features(self, batch) -> torch.Tensor:
-        """The backbone's features of a batch; the frozen backbone's cached ones (a FeatureBatch) as they come."""
-        if isinstance(batch, FeatureBatch):
-            return batch.features
-        images = batch[0]
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.backbone(images)
-
     def _step(self, batch, metrics: MetricCollection, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        target = batch[1]
-        logits = self.head(self._features(batch))
+        inputs, target = batch
+        # The frozen backbone's cached features (a FeatureBatch from the data module) go straight to the head.
+        logits = self.head(inputs) if isinstance(batch, FeatureBatch) else self(inputs)
         loss = self.loss(logits, target)
         probs = self.probabilities(logits)
         metrics.update(probs, target)
@@ -134,16 +126,19 @@ class TransferModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         if isinstance(batch, dict):  # source and target images: domain adaptation
+            if self.adaptation is None:
+                return self._step(batch["source"], self.train_metrics, "train")[0]
             return self._adaptation_step(batch["source"], batch["target"])
         return self._step(batch, self.train_metrics, "train")[0]
 
     def _adaptation_step(self, source, target) -> torch.Tensor:
         num_source = len(source[1])
         # Both domains pass the backbone in one batch, so BatchNorm normalises with statistics of both.
-        if isinstance(source, FeatureBatch):
-            features = torch.cat([source.features, target.features])
-        else:
-            features = self._features((torch.cat([source[0], target[0]]),))
+        features = torch.cat([source[0], target[0]])
+        if not isinstance(source, FeatureBatch):
+            if self.channels_last:
+                features = features.contiguous(memory_format=torch.channels_last)
+            features = self.backbone(features)  # not forward: the head's parts are needed apart
         adapted = self.head.hidden(features)
         logits = self.head.fc(adapted)
         loss = self.loss(logits[:num_source], source[1])
@@ -237,8 +232,10 @@ def load_module(ckpt_path: str, map_location: str = "cpu") -> TransferModule:
     backbone = instantiate({**meta["backbone"], "pretrained": False, "weights": None})
     head = instantiate(meta["head"])(in_features=backbone.num_features, num_classes=len(meta["class_names"]))
     module = TransferModule(backbone, head, class_names=meta["class_names"], metadata=meta)
+    # A domain discriminator trains beside the model; inference needs none.
+    state = {k: v for k, v in (checkpoint.get("state_dict") or {}).items() if not k.startswith("adaptation.")}
     try:
-        module.load_state_dict(checkpoint.get("state_dict") or {})
+        module.load_state_dict(state)
     except RuntimeError as e:
         first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))[:160]
         raise ConfigError(

@@ -139,7 +139,8 @@ def default_metric(trials: list[Trial]) -> str:
 
 
 def table(trials: list[Trial], metric: str, keys: list[str] | None = None) -> list[dict[str, Any]]:
-    """One row per trial: job, overrides, the swept values, status, best/final metric, test acc, epochs, time, error."""
+    """One row per trial: job, overrides, the swept values, status, best/final metric, test and target acc, epochs,
+    time, error."""
     keys = swept_keys(trials) if keys is None else keys
     rows = []
     for t in trials:
@@ -157,12 +158,14 @@ def table(trials: list[Trial], metric: str, keys: list[str] | None = None) -> li
                 "best epoch": epoch,
                 f"final {metric}": curve[-1][1] if curve else (t.summary.get("final") or {}).get(metric),
                 "test/acc": (t.summary.get("test") or {}).get("test/acc"),
+                # A labelled target's test accuracy: what domain adaptation is for.
+                "target/acc": (t.summary.get("test") or {}).get("target/acc"),
                 "epochs": t.summary.get("epochs", len(t.history) or None),
                 "time_s": (t.summary.get("timings") or {}).get("total_s"),
                 "error": error[: ERROR_CHARS - 1] + "…" if len(error) > ERROR_CHARS else error,
             }
         )
-    for optional in ("test/acc", "error"):  # columns only when some trial has one
+    for optional in ("test/acc", "target/acc", "error"):  # columns only when some trial has one
         if all(not r[optional] and r[optional] != 0 for r in rows):
             for r in rows:
                 del r[optional]

@@ -120,14 +120,17 @@ def _adaptation(cfg: DictConfig, schedule, phases, head, num_classes: int):
         p.requires_grad for p in head.hidden.parameters()
     )
     classifier_trains = features_train or any(p.probe != "exact" for p in schedule.phases)
-    if not (features_train if adaptation.discriminator is not None else classifier_trains):
-        what = "" if classifier_trains else " and the exact probe fits the classifier"
-        raise ConfigError(
-            f"adapt.adversarial={adaptation.adversarial}: nothing to adapt: the schedule freezes the whole backbone, "
-            f"the head has no hidden layer{what}; use head=mlp (its hidden layer is then the adapted feature) "
-            "or a schedule that trains the backbone (e.g. schedule=full)"
-        )
-    return adaptation
+    if adaptation.discriminator is not None and not features_train:
+        option, why = f"adapt.adversarial={adaptation.adversarial}", ""
+    elif not classifier_trains:
+        option, why = f"adapt.mcc_weight={adaptation.mcc_weight}", " and the exact probe fits the classifier"
+    else:
+        return adaptation
+    raise ConfigError(
+        f"{option}: nothing to adapt: the schedule freezes the whole backbone and the head has no hidden layer{why}; "
+        "use head=mlp (its hidden layer is then the adapted feature) or a schedule that trains the backbone "
+        "(e.g. schedule=full)"
+    )
 
 
 def trainer_config(cfg: DictConfig) -> dict[str, Any]:

@@ -320,7 +320,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         bad, skipped = images.screen(paths, self.bad_files, "data.bad_files", root, subject, self.output_dir, listing)
         if skipped is not None:
             warnings.warn(skipped, stacklevel=2)
-            raw = {name: split.subset([i for i, p in enumerate(split.items) if p not in bad]) for name, split in raw.items()}
+            raw = {
+                name: split.subset([i for i, p in enumerate(split.items) if p not in bad])
+                for name, split in raw.items()
+            }
         for name, split in raw.items():
             where = "" if name == "all" else f" in {name}"
             if not len(split):
@@ -328,8 +331,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             for label, class_name in enumerate(self.class_names):
                 if split.labels[0] >= 0 and not (split.labels == label).any():
                     raise ConfigError(
-                        f"{subject}: class folder '{class_name}'{where} has no readable images; "
-                        "remove it or add images"
+                        f"{subject}: class folder '{class_name}'{where} has no readable images; remove it or add images"
                     )
         if self.cache_images:
             raw = {name: sources.decoded(split) for name, split in raw.items()}

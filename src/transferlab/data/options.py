@@ -60,7 +60,9 @@ def _check_target(target: Any) -> None:
     if root is not None and not isinstance(root, str):
         raise ConfigError(f"data.target.root={root}: give a folder path")
     if root is not None and target.get("source") == "digits_m":
-        raise ConfigError(f"data.target.root={root} is set but data.target.source=digits_m; set data.target.source=folder")
+        raise ConfigError(
+            f"data.target.root={root} is set but data.target.source=digits_m; set data.target.source=folder"
+        )
 
 
 def check_digit_classes(classes: list[int] | None) -> list[int] | None:

@@ -65,7 +65,7 @@ DIGITS_M_SIZE = 32
 
 
 def load_digits_m(classes: Sequence[int] | None, photos: str | None = None) -> tuple[Split, list[str]]:
-    """"digits-M", made as Ganin et al. made MNIST-M from MNIST: each digit (upsampled to 32 px) blended by absolute
+    """ "digits-M", made as Ganin et al. made MNIST-M from MNIST: each digit (upsampled to 32 px) blended by absolute
     difference over a random 32 px crop of a colour photo (``photos``: a folder; None: scikit-learn's two sample
     photos). The digits of :func:`load_digits` in its order, so a split seed splits both alike; each digit's photo
     and crop are seeded by its index: the same set every time."""
@@ -171,7 +171,9 @@ def scan_target(root: str | Path) -> tuple[dict[str, Split], list[str] | None]:
     (unlabelled: one split ``all``, labels -1, and ``None`` for the class names)."""
     option, root = "data.target.root", Path(root).expanduser()
     if not root.is_dir():
-        raise ConfigError(f"{option}={root}: folder not found; give a folder of target images (flat or in class folders)")
+        raise ConfigError(
+            f"{option}={root}: folder not found; give a folder of target images (flat or in class folders)"
+        )
     if _class_folders(root):
         return scan_folder(root, option)
     files = image_files(root)
