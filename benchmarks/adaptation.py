@@ -17,16 +17,13 @@ oracle trains on the labelled target instead. Completed run folders under --out 
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import re
 import statistics
 import time
-import warnings
 from pathlib import Path
 
-from schedules import _lite0_weights, markdown, plot, run
+from schedules import _lite0_weights, arguments, markdown, plot, run
 
 METHODS = {
     "source only": ["adapt=none"],
@@ -103,15 +100,9 @@ def sketch_pair(hymenoptera: Path, domains: Path) -> tuple[Path, Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser = arguments(__doc__)
     parser.add_argument("--pairs", nargs="*", help="only these columns (default: all)")
     args = parser.parse_args()
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    logging.getLogger("transferlab").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
     runs = args.out / "adaptation_runs"
 
     start = time.perf_counter()

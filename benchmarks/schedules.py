@@ -122,17 +122,23 @@ def score(summary: dict, setting: str) -> float:
     return summary["test"]["test/acc"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options of a benchmark of seeded runs (--seeds, --shared, --out); quiet logs once parsed."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--settings", nargs="*", help="only these columns (default: all)")
-    parser.add_argument("--strategies", nargs="*", help="only these rows (default: all)")
-    args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     logging.getLogger("transferlab").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
+    return parser
+
+
+def main() -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--settings", nargs="*", help="only these columns (default: all)")
+    parser.add_argument("--strategies", nargs="*", help="only these rows (default: all)")
+    args = parser.parse_args()
     runs = args.out / "runs"
 
     start = time.perf_counter()

@@ -150,18 +150,17 @@ def test_each_method_trains_on_digits_m_in_a_sweep_and_the_report_shows_target_a
     assert "target/acc" in (sweep / "report.md").read_text()
 
 
-def test_two_folders_labelled_target_and_selection_on_target_labels(make_cfg, folders, tmp_path):
-    summary = train(
-        make_cfg(
-            "data=folder",
-            f"data.root={folders / 'digits'}",
-            f"data.target.root={folders / 'digits_m'}",
-            "data.test_fraction=0.2",
-            "data.augment=none",
-            "adapt=dann",
-            "adapt.discriminator_hidden=64",
-            "monitor=target/acc",
-        )
+def _folder_run(make_cfg, folders: Path, target: str, *overrides: str) -> dict:
+    """A run from the digits folder to the ``target`` folder."""
+    source, target_root = folders / "digits", folders / target
+    folder = ["data=folder", f"data.root={source}", f"data.target.root={target_root}", "data.augment=none"]
+    return train(make_cfg(*folder, *overrides))
+
+
+@pytest.mark.parametrize("method", ["dann", "cdan"])
+def test_two_folders_labelled_target_and_selection_on_target_labels(make_cfg, folders, method):
+    summary = _folder_run(
+        make_cfg, folders, "digits_m", "data.test_fraction=0.2", f"adapt={method}", "monitor=target/acc"
     )
     assert summary["status"] == "completed"
     assert summary["model_selection"] == {"monitor": "target/acc", "on_target_labels": True}
@@ -169,16 +168,10 @@ def test_two_folders_labelled_target_and_selection_on_target_labels(make_cfg, fo
     assert "target/acc" in summary["test"] and summary["best"]["target/acc"] == summary["final"]["target/acc"]
 
 
-def test_flat_unlabelled_target_trains_without_target_scores(make_cfg, folders):
-    summary = train(
-        make_cfg(
-            "data=folder",
-            f"data.root={folders / 'digits'}",
-            f"data.target.root={folders / 'unlabelled'}",
-            "data.augment=none",
-            "adapt=mcc",
-        )
-    )
+@pytest.mark.parametrize("method", ["mcc", "dann_mcc"])
+def test_flat_unlabelled_target_trains_without_target_scores(make_cfg, folders, method):
+    summary = _folder_run(make_cfg, folders, "unlabelled", f"adapt={method}")
+    assert summary["adaptation"]["methods"] == method.split("_")
     images = len(list((folders / "unlabelled").iterdir()))
     assert summary["target"] == {
         "root": str(folders / "unlabelled"),
@@ -195,6 +188,8 @@ def test_frozen_backbone_adapts_the_heads_hidden_layer_from_cached_features(make
     served = {(e["split"], e["hit"]) for e in summary["feature_cache"]}
     assert {"train", "val", "target_train", "target_val"} <= {split for split, _ in served}
     assert summary["final"]["adapt/lambda"] > 0
+    # No phase freezes or rescales the discriminator: it trains at optimizer.lr beside a frozen backbone.
+    assert summary["final"]["lr/discriminator"] == summary["final"]["lr/head"] > 0
 
 
 def test_resume_mid_ramp_ends_with_the_same_weights(make_cfg, tmp_path):
