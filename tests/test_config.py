@@ -17,6 +17,8 @@ CONF = Path(conf_dir())
 REQUIRED = {
     "backbone/custom": ["backbone.model._target_=cifar_resnet.resnet20"],
     "data/folder": ["data.root=/tmp"],
+    # Adaptation needs target images: the offline pair.
+    **{f"adapt/{method}": ["data=digits_m"] for method in ("dann", "cdan", "mcc", "dann_mcc")},
     # These read the digits_source run's checkpoint, which the quickstart makes first.
     "experiment/digits_finetune": ["backbone.weights=null"],
     "experiment/digits_frozen": ["backbone.weights=null"],
@@ -36,6 +38,7 @@ def test_groups_cover_the_design():
         "head",
         "data",
         "schedule",
+        "adapt",
         "optimizer",
         "lr_scheduler",
         "trainer",

@@ -213,7 +213,7 @@ def test_corrupt_file_is_an_error_when_asked(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, expected",
     [
-        ({"source": "csv"}, "data.source=csv: unknown value; choose one of digits, folder"),
+        ({"source": "csv"}, "data.source=csv: unknown value; choose one of digits, digits_m, folder"),
         ({"augment": "heavy"}, "data.augment=heavy: unknown value; choose one of none, light, strong"),
         ({"bad_files": "ignore"}, "data.bad_files=ignore"),
         ({"val_fraction": 0.0}, "data.val_fraction=0.0 must be in (0, 1)"),
