@@ -237,17 +237,7 @@ def test_ddp_two_processes_adapt_in_step(tmp_path):
     assert summary["status"] == "completed" and summary["adaptation"]["methods"] == ["cdan"]
 
 
-def _error(*args) -> str:
-    result = run_cli("transferlab-train", *TINY, "overwrite=true", *args)
-    assert result.returncode == 2, result.stderr[-2000:]
-    # One error line, last; warnings may come before it (e.g. the skipped files, found once training starts).
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    assert sum(line.startswith("error") for line in lines) == 1, result.stderr
-    return lines[-1]
-
-
-def test_target_folder_errors_are_one_line(tmp_path, folders):
+def test_target_folder_errors_are_one_line(make_cfg, tmp_path):
     (tmp_path / "empty").mkdir()
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -257,16 +247,27 @@ def test_target_folder_errors_are_one_line(tmp_path, folders):
     for name in ("cat", "dog"):
         (other / name).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(other / name / "a.png")
-    run = f"hydra.run.dir={tmp_path}/run"
-    assert "folder not found" in _error("adapt=dann", f"data.target.root={tmp_path / 'missing'}", run)
-    assert "has no images" in _error("adapt=dann", f"data.target.root={tmp_path / 'empty'}", run)
-    assert "no readable image" in _error("adapt=dann", f"data.target.root={broken}", run)
-    line = _error("adapt=dann", f"data.target.root={other}", run)
-    assert "['cat', 'dog'] differ from the source's ['0', '1', '2']" in line
-    assert "needs target images" in _error("adapt=dann", run)
-    line = _error("adapt=dann", "data=digits_m", "schedule=frozen", run)
-    assert line.startswith("error: adapt.adversarial=dann: nothing to adapt") and "head=mlp" in line
-    assert "adapt.mcc_weight=-1" in _error("adapt=mcc", "data=digits_m", "adapt.mcc_weight=-1", run)
+
+    def error(*overrides: str) -> str:
+        with pytest.raises(ConfigError) as caught:
+            train(make_cfg("overwrite=true", *overrides))
+        return str(caught.value)
+
+    assert "folder not found" in error("adapt=dann", f"data.target.root={tmp_path / 'missing'}")
+    assert "has no images" in error("adapt=dann", f"data.target.root={tmp_path / 'empty'}")
+    assert "['cat', 'dog'] differ from the source's ['0', '1', '2']" in error("adapt=dann", f"data.target.root={other}")
+    assert "needs target images" in error("adapt=dann")
+    message = error("adapt=dann", "data=digits_m", "schedule=frozen")
+    assert message.startswith("adapt.adversarial=dann: nothing to adapt") and "head=mlp" in message
+    assert error("adapt=mcc", "data=digits_m", "adapt.mcc_weight=-1").startswith("adapt.mcc_weight=-1:")
+    # On the command line: one error line, last (the skipped files' warning comes first: found once fit starts).
+    result = run_cli(
+        "transferlab-train", *TINY, "adapt=dann", f"data.target.root={broken}", f"hydra.run.dir={tmp_path}/cli"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: data.target.root={broken}: no readable image"), result.stderr
+    assert "Traceback" not in result.stderr and sum(line.startswith("error") for line in lines) == 1
 
 
 def test_target_datamodule_splits_a_labelled_folder_like_the_source(folders):
