@@ -228,8 +228,9 @@ def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, phases, histo
     }
     if datamodule.feature_cache_log:
         out["feature_cache"] = datamodule.feature_cache_log
-    if datamodule.target_summary() is not None:
-        out["target"] = datamodule.target_summary()
+    target = datamodule.target_summary()
+    if target is not None:
+        out["target"] = target
     if module.adaptation is not None:
         out["adaptation"] = {
             "methods": module.adaptation.methods,
