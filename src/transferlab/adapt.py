@@ -20,6 +20,7 @@ from transferlab.errors import ConfigError
 
 ADVERSARIAL = ("dann", "cdan")
 RANDOMIZED_ABOVE = 4096  # CDAN: a features x classes outer product wider than this gets a random projection
+RANDOMIZED_WIDTH = 1024  # ... of this width (Long et al.'s choice)
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -133,7 +134,7 @@ class DomainAdaptation(nn.Module):
         if adversarial == "cdan":
             width = in_features * num_classes
             if width > RANDOMIZED_ABOVE:  # Long et al.'s randomized multilinear map, fixed at construction
-                width = 1024
+                width = RANDOMIZED_WIDTH
                 self.register_buffer("random_features", torch.randn(in_features, width))
                 self.register_buffer("random_classes", torch.randn(num_classes, width))
             self.discriminator = DomainDiscriminator(width, discriminator_hidden)
@@ -171,7 +172,7 @@ class DomainAdaptation(nn.Module):
         if self.adversarial == "cdan":
             probs = F.softmax(logits, dim=1).detach()  # conditioning only: no gradient into the classifier here
             if hasattr(self, "random_features"):
-                joint = (features @ self.random_features) * (probs @ self.random_classes) / math.sqrt(1024)
+                joint = (features @ self.random_features) * (probs @ self.random_classes) / math.sqrt(RANDOMIZED_WIDTH)
             else:
                 joint = torch.bmm(probs.unsqueeze(2), features.unsqueeze(1)).flatten(1)
             features = joint

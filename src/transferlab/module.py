@@ -86,9 +86,13 @@ class TransferModule(pl.LightningModule):
         return bool(getattr(self.head, "binary", False))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of a batch of images (NHWC first with channels_last)."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.head(self.backbone(images))
+        return self.backbone(images)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(batch, classes) probabilities, also for a binary head's single logit."""
@@ -136,9 +140,7 @@ class TransferModule(pl.LightningModule):
         # Both domains pass the backbone in one batch, so BatchNorm normalises with statistics of both.
         features = torch.cat([source[0], target[0]])
         if not isinstance(source, FeatureBatch):
-            if self.channels_last:
-                features = features.contiguous(memory_format=torch.channels_last)
-            features = self.backbone(features)  # not forward: the head's parts are needed apart
+            features = self.features(features)  # not forward: the head's parts are needed apart
         adapted = self.head.hidden(features)
         logits = self.head.fc(adapted)
         loss = self.loss(logits[:num_source], source[1])

@@ -320,19 +320,22 @@ class ClassificationDataModule(pl.LightningDataModule):
         bad, skipped = images.screen(paths, self.bad_files, "data.bad_files", root, subject, self.output_dir, listing)
         if skipped is not None:
             warnings.warn(skipped, stacklevel=2)
-            raw = {
-                name: split.subset([i for i, p in enumerate(split.items) if p not in bad])
-                for name, split in raw.items()
-            }
-        for name, split in raw.items():
-            where = "" if name == "all" else f" in {name}"
-            if not len(split):
-                raise ConfigError(f"{subject}: no readable image{where}; add images")
-            for label, class_name in enumerate(self.class_names):
-                if split.labels[0] >= 0 and not (split.labels == label).any():
-                    raise ConfigError(
-                        f"{subject}: class folder '{class_name}'{where} has no readable images; remove it or add images"
-                    )
+            raw = {name: self._kept(split, bad, subject, name) for name, split in raw.items()}
         if self.cache_images:
             raw = {name: sources.decoded(split) for name, split in raw.items()}
         return raw
+
+    def _kept(self, split: sources.Split, bad: set, subject: str, name: str) -> sources.Split:
+        """``split`` without the ``bad`` files; a split (or a labelled split's class) left empty is a ConfigError.
+        Listing already found images in each, so only skipping can empty one."""
+        kept = split.subset([i for i, path in enumerate(split.items) if path not in bad])
+        where = "" if name == "all" else f" in {name}"
+        if not len(kept):
+            raise ConfigError(f"{subject}: no readable image{where}; add images")
+        labelled = kept.labels[0] >= 0  # an unlabelled target's labels are -1
+        for label, class_name in enumerate(self.class_names if labelled else ()):
+            if not (kept.labels == label).any():
+                raise ConfigError(
+                    f"{subject}: class folder '{class_name}'{where} has no readable images; remove it or add images"
+                )
+        return kept
