@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferlab.errors import ConfigError
+from transferlab.optim import ParamGroup, no_weight_decay, split_by_decay
 
 ADVERSARIAL = ("dann", "cdan")
 RANDOMIZED_ABOVE = 4096  # CDAN: a features x classes outer product wider than this gets a random projection
@@ -105,13 +106,76 @@ class DomainDiscriminator(nn.Sequential):
         )
 
 
-class DomainAdaptation(nn.Module):
-    """The adaptation loss of a training batch whose first ``num_source`` rows are source images, the rest target.
+class DomainAdversarialLoss(nn.Module):
+    """DANN's loss: a :class:`DomainDiscriminator` tells source (the first ``num_source`` rows) from target features,
+    which reach it through gradient reversal by ``coefficient``; each domain weighs half. Returns (loss, accuracy);
+    DANN does not look at the ``logits``."""
 
-    ``adversarial``: ``dann``, ``cdan`` or None; the features reach the discriminator through gradient reversal
-    scaled by ``adversarial_weight`` x :func:`ramp` (training progress). ``mcc_weight`` > 0 adds MCC on the
-    target predictions. ``in_features`` is the width of the adapted feature (what the head's classifier reads),
-    ``num_classes`` the number of logits (two for a binary head: give two-column logits).
+    def __init__(self, in_features: int, hidden: int = 1024):
+        super().__init__()
+        self.discriminator = DomainDiscriminator(in_features, hidden)
+
+    def forward(
+        self, features: torch.Tensor, logits: torch.Tensor, num_source: int, coefficient: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.discriminate(features, num_source, coefficient)
+
+    def discriminate(
+        self, features: torch.Tensor, num_source: int, coefficient: float, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        domain_logit = self.discriminator(reverse_gradient(features, coefficient)).squeeze(1)
+        is_source = torch.zeros_like(domain_logit)
+        is_source[:num_source] = 1
+        halves = torch.where(is_source > 0, 0.5 / num_source, 0.5 / max(1, len(is_source) - num_source))
+        weight = halves if weight is None else halves * weight
+        loss = F.binary_cross_entropy_with_logits(domain_logit, is_source, weight=weight, reduction="sum")
+        acc = ((domain_logit > 0).float() == is_source).float().mean().detach()
+        return loss, acc
+
+
+class ConditionalDomainAdversarialLoss(DomainAdversarialLoss):
+    """CDAN+E's loss: the discriminator sees the features conditioned on the class predictions (their outer
+    product, or Long et al.'s randomized multilinear map where that is wider than ``RANDOMIZED_ABOVE``), each
+    example weighted by its prediction's certainty."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 1024):
+        width = in_features * num_classes
+        randomized = width > RANDOMIZED_ABOVE
+        super().__init__(RANDOMIZED_WIDTH if randomized else width, hidden)
+        if randomized:  # fixed at construction
+            self.register_buffer("random_features", torch.randn(in_features, RANDOMIZED_WIDTH))
+            self.register_buffer("random_classes", torch.randn(num_classes, RANDOMIZED_WIDTH))
+
+    def forward(
+        self, features: torch.Tensor, logits: torch.Tensor, num_source: int, coefficient: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = F.softmax(logits, dim=1).detach()  # conditioning only: no gradient into the classifier here
+        if hasattr(self, "random_features"):
+            joint = (features @ self.random_features) * (probs @ self.random_classes) / math.sqrt(RANDOMIZED_WIDTH)
+        else:
+            joint = torch.bmm(probs.unsqueeze(2), features.unsqueeze(1)).flatten(1)
+        return self.discriminate(joint, num_source, coefficient, weight=certainty_weights(probs))
+
+
+class MinimumClassConfusionLoss(nn.Module):
+    """MCC's loss on the target rows' logits (:func:`class_confusion`)."""
+
+    def __init__(self, temperature: float = 2.5):
+        super().__init__()
+        self.temperature = float(temperature)
+
+    def forward(self, target_logits: torch.Tensor) -> torch.Tensor:
+        return class_confusion(target_logits, self.temperature)
+
+
+class DomainAdaptation(nn.Module):
+    """The adaptation loss of a training batch whose first ``num_source`` rows are source examples, the rest target:
+    ``adversarial`` (``dann``, ``cdan`` or None) weighted by ``adversarial_weight`` x :func:`ramp` (training
+    progress) on the reversed gradient, plus ``mcc_weight`` x MCC on the target predictions.
+
+    ``in_features`` is the width of the adapted feature (what the head's classifier reads), ``num_classes`` the
+    number of logits (two for a binary head: give two-column logits). The discriminator trains in its own
+    optimizer group (:meth:`param_groups`, lr x ``discriminator_lr_mult``) that no phase freezes or rescales.
     """
 
     def __init__(
@@ -127,23 +191,27 @@ class DomainAdaptation(nn.Module):
     ):
         super().__init__()
         check_options({k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        self.adversarial, self.adversarial_weight = adversarial, float(adversarial_weight)
-        self.mcc_weight, self.temperature = float(mcc_weight), float(temperature)
+        self.adversarial_method, self.adversarial_weight = adversarial, float(adversarial_weight)
+        self.mcc_weight = float(mcc_weight)
         self.discriminator_lr_mult = float(discriminator_lr_mult)
-        self.discriminator: nn.Module | None = None
+        self.adversarial: DomainAdversarialLoss | None = None
         if adversarial == "cdan":
-            width = in_features * num_classes
-            if width > RANDOMIZED_ABOVE:  # Long et al.'s randomized multilinear map, fixed at construction
-                width = RANDOMIZED_WIDTH
-                self.register_buffer("random_features", torch.randn(in_features, width))
-                self.register_buffer("random_classes", torch.randn(num_classes, width))
-            self.discriminator = DomainDiscriminator(width, discriminator_hidden)
+            self.adversarial = ConditionalDomainAdversarialLoss(in_features, num_classes, discriminator_hidden)
         elif adversarial == "dann":
-            self.discriminator = DomainDiscriminator(in_features, discriminator_hidden)
+            self.adversarial = DomainAdversarialLoss(in_features, discriminator_hidden)
+        self.mcc = MinimumClassConfusionLoss(temperature) if self.mcc_weight > 0 else None
 
     @property
     def methods(self) -> list[str]:
-        return [m for m in (self.adversarial, "mcc" if self.mcc_weight > 0 else None) if m]
+        return [m for m in (self.adversarial_method, "mcc" if self.mcc is not None else None) if m]
+
+    def param_groups(self) -> list[ParamGroup]:
+        """The discriminator's optimizer groups (none without one), biases and norm weights without weight decay."""
+        if self.adversarial is None:
+            return []
+        named = list(self.adversarial.discriminator.named_parameters())
+        skip = no_weight_decay(self.adversarial.discriminator)
+        return split_by_decay("discriminator", named, skip, self.discriminator_lr_mult)
 
     def forward(
         self, features: torch.Tensor, logits: torch.Tensor, num_source: int, progress: float
@@ -151,37 +219,15 @@ class DomainAdaptation(nn.Module):
         """(loss, what to log) for a batch of ``features`` and ``logits``, source rows first."""
         loss = features.new_zeros(())
         logs: dict[str, float] = {}
-        if self.discriminator is not None:
+        if self.adversarial is not None:
             coefficient = self.adversarial_weight * ramp(progress)
-            domain_loss, domain_acc = self._adversarial(features, logits, num_source, coefficient)
+            domain_loss, domain_acc = self.adversarial(features, logits, num_source, coefficient)
             loss = loss + domain_loss
             logs.update(
                 {"adapt/lambda": coefficient, "adapt/domain_loss": domain_loss.detach(), "adapt/domain_acc": domain_acc}
             )
-        if self.mcc_weight > 0:
-            mcc = class_confusion(logits[num_source:], self.temperature)
+        if self.mcc is not None:
+            mcc = self.mcc(logits[num_source:])
             loss = loss + self.mcc_weight * mcc
             logs["adapt/mcc"] = mcc.detach()
         return loss, logs
-
-    def _adversarial(
-        self, features: torch.Tensor, logits: torch.Tensor, num_source: int, coefficient: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The discriminator's loss (source 1, target 0; each domain weighs half) and accuracy."""
-        weight = None
-        if self.adversarial == "cdan":
-            probs = F.softmax(logits, dim=1).detach()  # conditioning only: no gradient into the classifier here
-            if hasattr(self, "random_features"):
-                joint = (features @ self.random_features) * (probs @ self.random_classes) / math.sqrt(RANDOMIZED_WIDTH)
-            else:
-                joint = torch.bmm(probs.unsqueeze(2), features.unsqueeze(1)).flatten(1)
-            features = joint
-            weight = certainty_weights(probs)
-        domain_logit = self.discriminator(reverse_gradient(features, coefficient)).squeeze(1)
-        is_source = torch.zeros_like(domain_logit)
-        is_source[:num_source] = 1
-        halves = torch.where(is_source > 0, 0.5 / num_source, 0.5 / max(1, len(is_source) - num_source))
-        weight = halves if weight is None else halves * weight
-        loss = F.binary_cross_entropy_with_logits(domain_logit, is_source, weight=weight, reduction="sum")
-        acc = ((domain_logit > 0).float() == is_source).float().mean().detach()
-        return loss, acc

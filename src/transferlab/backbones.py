@@ -1,17 +1,22 @@
-"""Backbones: any timm model by name, or any ``nn.Module`` a user builds, without its classifier."""
+"""Backbones: what turns a batch of inputs into pooled features, and knows how its inputs are prepared.
+
+:class:`Backbone` is the interface every kind shares; :func:`create_backbone` makes an image backbone (any timm
+model by name, or any ``nn.Module`` a user builds, without its classifier). A new kind of backbone is a factory
+returning a :class:`Backbone` with its own inputs object, registered in ``INPUT_KINDS``.
+"""
 
 from __future__ import annotations
 
 import difflib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from transferlab.data.transforms import DEFAULT_DATA_CONFIG
 from transferlab.errors import ConfigError
+from transferlab.image_inputs import ImageInputs
 from transferlab.layer_groups import LayerGroup
 from transferlab.layer_groups import layer_groups as layer_groups_of
 
@@ -21,15 +26,41 @@ log = logging.getLogger(__name__)
 CLASSIFIER_NAMES = ("fc", "head", "classifier", "linear", "last_linear", "head.fc")
 
 
+class Inputs(Protocol):
+    """How a kind of backbone's inputs are prepared (images: :class:`~transferlab.image_inputs.ImageInputs`)."""
+
+    kind: str
+    collate: Any  # a DataLoader collate_fn, or None for the default
+
+    def transform(self, augment: str, train: bool) -> Any: ...  # one raw example -> what collate takes
+    def prepare(self, inputs: Any) -> Any: ...  # a collated batch's inputs -> what the model takes
+    def concat(self, parts: list[Any]) -> Any: ...
+    def example(self) -> Any: ...  # a batch of one blank input, for a dry forward
+    def state(self) -> dict[str, Any]: ...  # saved in checkpoints; inputs_from_state reads it back
+
+
+INPUT_KINDS: dict[str, Any] = {"image": ImageInputs}
+
+
+def inputs_from_state(state: dict[str, Any]) -> Inputs:
+    """The inputs object a checkpoint saved (``Inputs.state()``)."""
+    options = {k: v for k, v in state.items() if k != "kind"}
+    return INPUT_KINDS[state["kind"]](**options)
+
+
 @dataclass
 class Backbone:
-    """A feature extractor (images -> pooled features) with what transfer decisions need to know about it."""
+    """``model`` maps ``inputs.prepare(batch.inputs)`` to (batch, ``num_features``) pooled features; ``inputs`` says
+    how raw examples become such batches; ``layer_groups`` order its parameters input to output."""
 
     model: nn.Module
     num_features: int
-    data_config: dict[str, Any]
+    inputs: Inputs
     layer_groups: list[LayerGroup]
     weights_report: str | None = None
+
+    def features(self, inputs: Any) -> Any:
+        return self.model(self.inputs.prepare(inputs))
 
 
 def create_backbone(
@@ -46,11 +77,13 @@ def create_backbone(
     num_features: int | None = None,
     data_config: dict[str, Any] | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    channels_last: bool = False,
 ) -> Backbone:
     """Build a timm model by ``name`` (classifier removed), or wrap a user's ``model`` that returns features.
 
     ``weights`` loads a local file after creation (see :mod:`transferlab.weights`); ``layer_groups`` is an
-    optional list of regexes, one per group, input to output.
+    optional list of regexes, one per group, input to output; ``channels_last`` converts the model to NHWC (faster
+    convolutions on tensor cores) and has its inputs prepared alike.
     """
     if (name is None) == (model is None):
         raise ConfigError("backbone: give exactly one of backbone.name (a timm model) or backbone.model._target_")
@@ -65,12 +98,15 @@ def create_backbone(
     else:
         if pretrained:
             raise ConfigError("backbone.pretrained=true needs a timm backbone.name; use backbone.weights=PATH")
-        resolved = dict(DEFAULT_DATA_CONFIG)
+        resolved = {}
         features = None
     if data_config:
         resolved.update({k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()})
+    inputs = ImageInputs(resolved, channels_last=bool(channels_last))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     if num_features is None:
-        num_features = features or _dry_forward_features(model, resolved["input_size"])
+        num_features = features or dry_forward_features(model, inputs)
 
     report = None
     if weights:
@@ -86,7 +122,7 @@ def create_backbone(
         )
         report = result.line()
         log.info(report)
-    return Backbone(model, int(num_features), resolved, layer_groups_of(model, layer_groups), report)
+    return Backbone(model, int(num_features), inputs, layer_groups_of(model, layer_groups), report)
 
 
 def _create_timm_model(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
@@ -118,15 +154,16 @@ def _timm_data_config(model: nn.Module) -> dict[str, Any]:
     return {k: tuple(cfg[k]) if isinstance(cfg[k], (list, tuple)) else cfg[k] for k in keys}
 
 
-def _dry_forward_features(model: nn.Module, input_size: tuple[int, ...]) -> int:
+def dry_forward_features(model: nn.Module, inputs: Inputs) -> int:
+    """The feature width of ``model``, from one blank input (``inputs.example()``)."""
     was_training = model.training
     model.eval()  # keep BatchNorm statistics untouched
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, *input_size))
+            out = model(inputs.prepare(inputs.example()))
     except Exception as e:
         raise ConfigError(
-            f"backbone: a dry forward at input size {tuple(input_size)} failed ({type(e).__name__}: {e}); "
+            f"backbone: a dry forward on {inputs.kind} inputs failed ({type(e).__name__}: {e}); "
             "set backbone.data_config.input_size or backbone.num_features"
         ) from e
     finally:

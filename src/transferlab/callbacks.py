@@ -15,6 +15,8 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
+from transferlab.batches import batch_size
+from transferlab.phase_control import group_lrs
 from transferlab.run_folder import write_metrics
 
 _first_step_seen = False  # later runs in the same process (in-process sweep trials) did not pay the start-up
@@ -22,6 +24,7 @@ _first_step_seen = False  # later runs in the same process (in-process sweep tri
 
 class EpochHistory(pl.Callback):
     """Keeps one row of epoch-level metrics per epoch, writes metrics.csv, and prints a plain line per epoch.
+    Throughput counts examples (images, texts) of every domain in a batch.
 
     The history lives in the checkpoint, so a resumed run's metrics.csv and curves cover every epoch.
     """
@@ -31,13 +34,13 @@ class EpochHistory(pl.Callback):
         self.history: list[dict[str, Any]] = []
         self._epoch_start = self._batch_end = 0.0
         self._wait_s = self._step_s = 0.0
-        self._images = 0
+        self._samples = 0
         self.startup_s: float | None = None  # process start to first training step; the first run of a process only
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = self._batch_end = time.perf_counter()
         self._wait_s = self._step_s = 0.0
-        self._images = 0
+        self._samples = 0
 
     # Time between one step's end and the next step's start is spent waiting for the loader (Lightning
     # fetches the next batch there); the step itself is the model's forward, backward and optimizer step.
@@ -52,25 +55,24 @@ class EpochHistory(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._batch_end = time.perf_counter()
         self._step_s += self._batch_end - self._batch_start
-        # Domain adaptation's batches hold source and target images: the model processes both.
-        self._images += sum(len(b[1]) for b in batch.values()) if isinstance(batch, dict) else len(batch[1])
+        self._samples += batch_size(batch)
         elapsed = self._batch_end - self._epoch_start
-        pl_module.log("img/s", self._images / elapsed, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        pl_module.log("samples/s", self._samples / elapsed, prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # Validation has run by now: callback_metrics holds this epoch's train and val values.
         row: dict[str, Any] = {"epoch": trainer.current_epoch}
         for key, value in sorted(trainer.callback_metrics.items()):
-            if key.endswith("_step") or key.startswith("lr-") or key == "img/s":  # lr: from the optimizer below
+            if key.endswith("_step") or key.startswith("lr-") or key == "samples/s":  # lr: from the optimizer below
                 continue
             row[key.removesuffix("_epoch")] = round(float(value), 6)
-        for group in trainer.optimizers[0].param_groups if trainer.optimizers else []:
-            row[f"lr/{group.get('name', 'group')}"] = group["lr"]
+        for name, lr in (group_lrs(trainer.optimizers[0]) if trainer.optimizers else {}).items():
+            row[f"lr/{name}"] = lr
         row["epoch_time_s"] = round(time.perf_counter() - self._epoch_start, 3)
         # Train loop only (validation excluded): which of loader and model bounds the run.
-        row["train_images_per_s"] = _rate(self._images, self._batch_end - self._epoch_start)
-        row["loader_images_per_s"] = _rate(self._images, self._wait_s)
-        row["model_images_per_s"] = _rate(self._images, self._step_s)
+        row["train_samples_per_s"] = _rate(self._samples, self._batch_end - self._epoch_start)
+        row["loader_samples_per_s"] = _rate(self._samples, self._wait_s)
+        row["model_samples_per_s"] = _rate(self._samples, self._step_s)
         if not math.isfinite(row.get("train/loss", 0.0)):
             # A diverged run fails here, recorded as such, and a sweep goes on to its next trial.
             raise FloatingPointError(
@@ -86,8 +88,8 @@ class EpochHistory(pl.Callback):
         shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train/", "val/", "target/")))
         rank_zero_info(
             f"epoch {row['epoch'] + 1}/{max_epochs} {shown} ({row['epoch_time_s']:.1f}s, "
-            f"{row['train_images_per_s'] or 0:.0f} img/s; loader {row['loader_images_per_s'] or 0:.0f}, "
-            f"model {row['model_images_per_s'] or 0:.0f})"
+            f"{row['train_samples_per_s'] or 0:.0f} samples/s; loader {row['loader_samples_per_s'] or 0:.0f}, "
+            f"model {row['model_samples_per_s'] or 0:.0f})"
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def validate(cfg: DictConfig) -> None:
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed={seed}: use a whole number in [0, 2^32), e.g. seed=42")
-    for key in ("test", "overwrite"):
+    for key in ("test", "overwrite", "filter_bias_and_bn"):
         if not isinstance(cfg.get(key, False), bool):
             raise ConfigError(f"{key}={cfg.get(key)}: use true or false")
 

@@ -51,8 +51,7 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split}: choose one of {', '.join(SPLITS)}")
     ckpt_path = checkpoint_path(cfg, "transferlab-eval")
-    from torch.utils.data import DataLoader
-
+    from transferlab.data.target import split_options
     from transferlab.module import load_module
     from transferlab.plots import plot_confusion
 
@@ -60,17 +59,18 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     meta = module.metadata
     overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
     changes = {k: v for k, v in overrides.items() if v is not None}
+    # A split of the data the model was trained on (to score a target domain, point data.root at it).
+    options, _, _ = split_options({**meta["data"], **changes})
     data = {
-        **meta["data"],
-        **changes,
-        # The saved data config already holds the input size, mean and std the model was trained with.
+        **options,
+        # The saved inputs already hold the input size, mean and std the model was trained with.
         "input_size": None,
         "mean": None,
         "std": None,
         "augment": "none",  # so that split=train is scored with the eval transform too
         "output_dir": str(run_dir),  # where the data module lists skipped bad files
     }
-    datamodule = instantiate(data, data_config=meta["data_config"])
+    datamodule = instantiate(data, _partial_=True)(inputs=module.inputs)
     if datamodule.class_names != module.class_names:
         raise ConfigError(
             f"data: the classes {datamodule.class_names} differ from the checkpoint's {module.class_names}; "
@@ -82,12 +82,7 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             f"split={cfg.split}: the checkpoint's data has no {cfg.split} split (it has {', '.join(datasets)}); "
             f"choose one of those"
         )
-    loader = DataLoader(
-        datasets[cfg.split],
-        batch_size=datamodule.eval_batch_size,
-        num_workers=datamodule.num_workers,
-        pin_memory=bool(datamodule.pin_memory),
-    )
+    loader = datamodule.eval_loader(datasets[cfg.split])
 
     trainer = inference_trainer(cfg.trainer, run_dir)
     # test_step is the same for any split: it updates the metrics and the confusion matrix.

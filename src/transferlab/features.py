@@ -1,8 +1,9 @@
 """Cached backbone features: a frozen backbone's output for every image of a split, computed once.
 
 An entry is one fp16 ``.npy`` file named by a hash of everything the features depend on: the backbone's
-architecture and weights (every tensor of its state dict), the split's images (paths, sizes and modification
-times, or the pixels) and labels, the transform and the precision they were computed in. Any change makes a new
+architecture and weights (every tensor of its state dict), the split's examples and their preparation (the
+dataset's ``fingerprint()``: for images, paths, sizes and modification times or the pixels, labels and the
+transform) and the precision they were computed in. Any change makes a new
 entry; an unchanged backbone reuses the entry across epochs, runs and sweep trials. Writers take a lock, fill a
 temporary file and rename it into place, so concurrent trials compute an entry once and nobody reads a
 half-written file.
@@ -14,15 +15,20 @@ import hashlib
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from filelock import FileLock
 from torch import nn
 from torch.utils.data import Dataset
+
+from transferlab.batches import FeatureBatch
+
+if TYPE_CHECKING:
+    from transferlab.backbones import Backbone
 
 
 def backbone_fingerprint(model: nn.Module) -> str:
@@ -32,18 +38,6 @@ def backbone_fingerprint(model: nn.Module) -> str:
         flat = tensor.detach().reshape(-1).contiguous()
         h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         h.update(flat.view(torch.uint8).cpu().numpy().data if flat.numel() else b"")
-    return h.hexdigest()
-
-
-def images_fingerprint(items: Iterable, labels: np.ndarray) -> str:
-    """Hash of a split's images and labels: file path, size and mtime for files, the pixels for arrays."""
-    h = hashlib.blake2b(np.ascontiguousarray(labels).data, digest_size=16)
-    for item in items:
-        if isinstance(item, np.ndarray):
-            h.update(np.ascontiguousarray(item).data)
-        else:
-            stat = os.stat(item)
-            h.update(f"{item}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return h.hexdigest()
 
 
@@ -110,63 +104,43 @@ def _compute_in(tmp: Path, compute: Callable[[Path], None]) -> np.ndarray:
 
 
 def split_features(
-    folder: Path | None,
-    split: str,
-    dataset,
-    backbone: nn.Module,
-    num_features: int,
-    loader,
-    device,
-    autocast,
-    precision: str,
+    folder: Path | None, split: str, dataset, backbone: Backbone, loader, device, autocast, precision: str
 ) -> tuple[np.ndarray, bool, Path | None]:
-    """The cached features of ``dataset`` (a split's ``LabeledImages``; ``loader`` iterates it in order), computed
-    with ``backbone`` on ``device`` under ``autocast`` where missing: (features, whether cached, entry file).
-    Without a ``folder`` they are computed into memory."""
-    compute = lambda tmp: write_features(tmp, backbone, num_features, loader, device, autocast)  # noqa: E731
+    """The cached features of ``dataset`` (which has a ``fingerprint()``; ``loader`` iterates it in order),
+    computed with ``backbone`` on ``device`` under ``autocast`` where missing: (features, whether cached, entry
+    file). Without a ``folder`` they are computed into memory."""
+    compute = lambda tmp: write_features(tmp, backbone, loader, device, autocast)  # noqa: E731
     if folder is None:
         return _compute_in(Path(tempfile.mkdtemp()) / "features.npy", compute), False, None
-    key = entry_key(
-        backbone_fingerprint(backbone),
-        images_fingerprint(dataset.items, dataset.labels),
-        split,
-        repr(dataset.transform),
-        precision,
-    )
+    key = entry_key(backbone_fingerprint(backbone.model), dataset.fingerprint(), split, precision)
     path = folder / f"{key}.npy"
-    values, hit = load_or_compute(path, compute, (len(dataset), num_features))
+    values, hit = load_or_compute(path, compute, (len(dataset), backbone.num_features))
     return values, hit, path
 
 
 @torch.inference_mode()
-def write_features(
-    tmp: Path, backbone: nn.Module, num_features: int, loader, device: torch.device, autocast: Callable
-) -> None:
-    """Run ``backbone`` in eval mode over ``loader`` (in order) and write (images, num_features) fp16 to ``tmp``."""
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(loader.dataset), num_features))
-    was_training = backbone.training
-    backbone.eval()
+def write_features(tmp: Path, backbone: Backbone, loader, device: torch.device, autocast: Callable) -> None:
+    """Run ``backbone`` in eval mode over ``loader`` (in order) and write (examples, num_features) fp16 to ``tmp``."""
+    from pytorch_lightning.utilities import move_data_to_device
+
+    shape = (len(loader.dataset), backbone.num_features)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+    model = backbone.model
+    was_training = model.training
+    model.eval()
     # Iterating a DataLoader draws from torch's RNG: fork it so a run draws the same numbers, cache hit or not.
     with torch.random.fork_rng(devices=[]):
         try:
             start = 0
-            for images, _ in loader:
+            for batch in loader:
                 with autocast():
-                    features = backbone(images.to(device, non_blocking=True))
+                    features = backbone.features(move_data_to_device(batch.inputs, device))
                 out[start : start + len(features)] = features.float().cpu().numpy()
                 start += len(features)
         finally:
-            backbone.train(was_training)
+            model.train(was_training)
     out.flush()
     del out
-
-
-class FeatureBatch(NamedTuple):
-    """A batch (or, before collation, one item) of cached features: the training module sends it to the head only.
-    DataLoader's collation and Lightning's device transfer keep the type."""
-
-    features: torch.Tensor
-    target: torch.Tensor | int
 
 
 class FeatureDataset(Dataset):

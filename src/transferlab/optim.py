@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,21 +13,67 @@ from torch.optim.lr_scheduler import LambdaLR
 from transferlab.layer_groups import LayerGroup
 
 
-def param_groups(backbone: nn.Module, groups: list[LayerGroup], head: nn.Module, scales: list[float]) -> list[dict]:
-    """One optimizer group per layer group (named, for lr logging) and one for the head, with ``lr_scale`` from
-    the current phase (backbone groups input to output, then the head).
+@dataclass
+class ParamGroup:
+    """One optimizer group: ``layer_group`` is what phases and layer decay rescale it by (a backbone layer group,
+    ``head``, or a group no phase touches, such as ``discriminator``); ``name`` is unique (lr logging);
+    ``weight_decay`` None keeps the optimizer's."""
+
+    name: str
+    params: list[nn.Parameter]
+    layer_group: str
+    lr_scale: float = 1.0
+    weight_decay: float | None = None
+
+    def as_dict(self) -> dict:
+        """What torch's optimizers take; ``lr_scale`` and ``layer_group`` ride along for phase control."""
+        extra = {} if self.weight_decay is None else {"weight_decay": self.weight_decay}
+        return {"params": self.params, "name": self.name, "layer_group": self.layer_group, "lr_scale": self.lr_scale, **extra}
+
+
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Names of ``model``'s parameters that get no weight decay, by timm's rule (``param_groups_weight_decay``):
+    biases, norm weights and any other 1-d parameter, and what the model's own ``no_weight_decay()`` lists."""
+    listed = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    return {n for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith(".bias") or n in listed}
+
+
+def split_by_decay(
+    name: str, named: list[tuple[str, nn.Parameter]], skip: set[str], lr_scale: float, layer_group: str | None = None
+) -> list[ParamGroup]:
+    """``named`` parameters as a group that decays and a ``<name>.no_decay`` group (weight decay 0) of the names in
+    ``skip``; an empty one is left out."""
+    decay = [p for n, p in named if n not in skip]
+    plain = [p for n, p in named if n in skip]
+    layer_group = layer_group or name
+    groups = [ParamGroup(name, decay, layer_group, lr_scale)] if decay else []
+    if plain:
+        groups.append(ParamGroup(f"{name}.no_decay", plain, layer_group, lr_scale, weight_decay=0.0))
+    return groups
+
+
+def param_groups(
+    backbone: nn.Module,
+    groups: list[LayerGroup],
+    head: nn.Module,
+    scales: Mapping[str, float],
+    filter_bias_and_bn: bool = True,
+) -> list[ParamGroup]:
+    """Optimizer groups per layer group (input to output), then the head's, each with its ``scales`` entry (by layer
+    group name; the head's is ``head``). With ``filter_bias_and_bn``, biases and norm weights get no weight decay.
 
     ``lr_scale`` multiplies the optimizer's lr once the optimizer exists. Every group is registered up front,
     frozen ones too (their parameters get no gradient and do not move), so schedulers built now see every group
     later (PyTorch 62475).
     """
     params = dict(backbone.named_parameters())
-    out = [
-        {"params": [params[n] for n in g.param_names], "lr_scale": scale, "name": g.name}
-        for g, scale in zip(groups, scales)
-    ]
-    out.append({"params": list(head.parameters()), "lr_scale": scales[-1], "name": "head"})
-    return out
+    skip = no_weight_decay(backbone) if filter_bias_and_bn else set()
+    head_skip = {f"head.{n}" for n in no_weight_decay(head)} if filter_bias_and_bn else set()
+    out = []
+    for group in groups:
+        out += split_by_decay(group.name, [(n, params[n]) for n in group.param_names], skip, scales[group.name])
+    named_head = [(f"head.{n}", p) for n, p in head.named_parameters()]
+    return out + split_by_decay("head", named_head, head_skip, scales["head"])
 
 
 def warmup_cosine(

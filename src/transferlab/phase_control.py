@@ -8,7 +8,7 @@ run restores its phase (Lightning 21901).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +39,10 @@ class PhaseControl(pl.Callback):
     def phase(self) -> Phase:
         return self.schedule.phases[self.phase_index]
 
-    def lr_scales(self) -> list[float]:
-        """The current phase's lr scale of each backbone group (input to output), then the head's."""
-        return self.phase.lr_scales(len(self.layer_groups))
+    def lr_scales(self) -> dict[str, float]:
+        """The current phase's lr scale of each backbone layer group and of the head, by name."""
+        names = [g.name for g in self.layer_groups] + ["head"]
+        return dict(zip(names, self.phase.lr_scales(len(self.layer_groups))))
 
     def backbone_frozen(self, epoch: int) -> bool:
         """Whether the phase of ``epoch`` freezes every layer group, BatchNorm statistics included: then the
@@ -93,13 +94,6 @@ class PhaseControl(pl.Callback):
             for param in self._frozen_params:
                 param.grad = None
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The one place that decides when loaders reload: where the next epoch switches between the frozen
-        # backbone's cached features and images, and only there (a data module serving features keeps its
-        # loaders otherwise, and every reload makes Lightning create one more iterator).
-        epoch = trainer.current_epoch
-        trainer.reload_dataloaders_every_n_epochs = int(self.backbone_frozen(epoch + 1) != self.backbone_frozen(epoch))
-
     def _enter_phase(self, index: int, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Epoch starts are optimizer-step boundaries (Lightning steps at an epoch's last batch), so no gradient
         accumulated under one phase is applied under the next."""
@@ -110,13 +104,13 @@ class PhaseControl(pl.Callback):
         if changed and optimizer is not None:
             schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
             set_lr_scales(optimizer, schedulers, self.lr_scales())
-        table = self.parameter_table(pl_module)
+        table = self.parameter_table(optimizer) if optimizer else ""
         entry = {
             "phase": index,
             "start_epoch": trainer.current_epoch,
             "freeze_depth": self.phase.frozen_count(self.layer_groups),
             "bn_mode": self.phase.bn_mode,
-            "lr": {g["name"]: g["lr"] for g in optimizer.param_groups} if optimizer else {},
+            "lr": group_lrs(optimizer) if optimizer else {},
             "trainable_params": sum(p.numel() for p in pl_module.parameters()) - self._frozen_count(),
         }
         self.history.append(entry)
@@ -129,20 +123,18 @@ class PhaseControl(pl.Callback):
     def _frozen_count(self) -> int:
         return sum(p.numel() for p in self._frozen_params)
 
-    def parameter_table(self, pl_module: nn.Module) -> str:
-        """Trainable and total parameters per layer group, and of the head (and a domain discriminator)."""
-        params = dict(self.backbone.named_parameters())
-        frozen = self.state.frozen_params
-        rows = [(g.name, [(params[n], n in frozen) for n in g.param_names]) for g in self.layer_groups]
-        rows.append(("head", [(p, False) for p in pl_module.head.parameters()]))
-        discriminator = getattr(getattr(pl_module, "adaptation", None), "discriminator", None)
-        if discriminator is not None:
-            rows.append(("discriminator", [(p, False) for p in discriminator.parameters()]))
-        width = max(len(name) for name, _ in rows)
+    def parameter_table(self, optimizer) -> str:
+        """Trainable and total parameters of each of ``optimizer``'s layer groups (the backbone's, the head's, a
+        domain discriminator's), by name."""
+        frozen = {id(p) for p in self._frozen_params}
+        rows: dict[str, list] = {}
+        for group in optimizer.param_groups:
+            rows.setdefault(group.get("layer_group", group.get("name", "group")), []).extend(group["params"])
+        width = max(len(name) for name in rows)
         lines = [f"{'layer group':<{width}}  {'trainable':>12}  {'total':>12}"]
-        for name, ps in rows:
-            trainable = sum(p.numel() for p, is_frozen in ps if not is_frozen)
-            lines.append(f"{name:<{width}}  {trainable:>12,}  {sum(p.numel() for p, _ in ps):>12,}")
+        for name, ps in rows.items():
+            trainable = sum(p.numel() for p in ps if id(p) not in frozen)
+            lines.append(f"{name:<{width}}  {trainable:>12,}  {sum(p.numel() for p in ps):>12,}")
         return "\n".join(lines)
 
     # --- checkpoints ----------------------------------------------------------------------------------
@@ -160,9 +152,13 @@ class PhaseControl(pl.Callback):
         self.resumed_epoch = progress.get("current", {}).get("processed", 0)
 
 
-def set_lr_scales(optimizer, schedulers: Sequence, scales: Sequence[float]) -> None:
-    """Rescale each group's lr where the optimizer and the schedulers keep it, so the schedule's factor holds."""
-    for i, (group, scale) in enumerate(zip(optimizer.param_groups, scales)):
+def set_lr_scales(optimizer, schedulers: Sequence, scales: Mapping[str, float]) -> None:
+    """Rescale each group whose ``layer_group`` ``scales`` names, where the optimizer and the schedulers keep its lr,
+    so the schedule's factor holds; groups it does not name (a domain discriminator) keep theirs."""
+    for i, group in enumerate(optimizer.param_groups):
+        if group.get("layer_group") not in scales:
+            continue
+        scale = scales[group["layer_group"]]
         ratio = scale / group["lr_scale"]
         group["lr_scale"] = scale
         group["lr"] *= ratio
@@ -170,6 +166,12 @@ def set_lr_scales(optimizer, schedulers: Sequence, scales: Sequence[float]) -> N
             group["initial_lr"] *= ratio
         for scheduler in schedulers:
             scheduler.base_lrs[i] *= ratio
+
+
+def group_lrs(optimizer) -> dict[str, float]:
+    """The lr of each layer group (and of the head, a discriminator), by name: a group that decays and its
+    ``.no_decay`` part share one."""
+    return {g.get("layer_group", g.get("name", "group")): g["lr"] for g in optimizer.param_groups}
 
 
 @dataclass

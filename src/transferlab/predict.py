@@ -41,14 +41,15 @@ def predict(cfg: DictConfig) -> Path:
     from torch.utils.data import DataLoader
 
     from transferlab.data.sources import LabeledImages, Split
-    from transferlab.data.transforms import build_transform
     from transferlab.module import load_module
 
     module = load_module(ckpt_path)
-    transform = build_transform(module.metadata["data_config"], "none", train=False)
+    transform = module.inputs.transform("none", train=False)
     # LabeledImages loads each file as RGB (palette GIFs too) as training did; the labels are placeholders.
     images = LabeledImages(Split(paths, np.zeros(len(paths), dtype=np.int64)), transform)
-    loader = DataLoader(images, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers))
+    loader = DataLoader(
+        images, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), collate_fn=module.inputs.collate
+    )
     trainer = inference_trainer(cfg.trainer, cfg.paths.output_dir)
     probs = torch.cat([p.float().cpu() for p in trainer.predict(module, dataloaders=loader)])
 

@@ -50,41 +50,11 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     from transferlab.callbacks import EpochHistory, RngState
     from transferlab.loggers import finish_loggers
-    from transferlab.module import TransferModule
-    from transferlab.phase_control import PhaseControl
 
     check_accelerator(str(cfg.trainer.get("accelerator")))
     pl.seed_everything(cfg.seed, workers=True)
-    backbone = instantiate(cfg.backbone)
-    groups = len(backbone.layer_groups)
-    schedule = instantiate(cfg.schedule, num_groups=groups, max_epochs=cfg.trainer.get("max_epochs"))
-    phases = PhaseControl(schedule, backbone.model, backbone.layer_groups)
-    datamodule = instantiate(
-        cfg.data,
-        data_config=backbone.data_config,
-        backbone=backbone,
-        backbone_frozen=phases.backbone_frozen,
-        target_batches=bool(cfg.get("adapt")),
-    )
-    head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=datamodule.num_classes)
-    adaptation = _adaptation(cfg, schedule, phases, head, datamodule.num_classes)
-    module = TransferModule(
-        backbone,
-        head,
-        class_names=datamodule.class_names,
-        optimizer=instantiate(cfg.optimizer),
-        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
-        lr_scales=phases.lr_scales(),
-        label_smoothing=cfg.label_smoothing,
-        channels_last=bool(cfg.trainer.get("channels_last")),
-        metadata={
-            **{k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "head", "data")},
-            "data_config": datamodule.data_config,
-        },
-        adaptation=adaptation,
-        score_target=datamodule.target_labelled,
-    )
-
+    parts = _build(cfg)
+    module = parts["module"]
     if cfg.monitor not in module.metric_names():
         names = ", ".join(module.metric_names())
         raise ConfigError(f"monitor={cfg.monitor}: no step logs it; choose one of {names}")
@@ -92,20 +62,62 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     tty = sys.stderr.isatty()
-    probe = _exact_probe(schedule, phases, head, datamodule, cfg.seed)
-    own = [phases, *([probe] if probe else []), RngState()]
+    probe = parts["probe"]
+    own = [parts["phases"], parts["serving"], *([probe] if probe else []), RngState()]
     callbacks = [*own, *(c for c in callbacks if _wanted(c, loggers, tty)), history]
     trainer = instantiate(trainer_config(cfg), callbacks=callbacks, logger=loggers or False, enable_progress_bar=tty)
     failed = True
     try:
-        out = _fit_and_test(cfg, run_dir, trainer, module, datamodule, phases, history, loggers)
-        out["weights_report"] = backbone.weights_report
+        out = _fit_and_test(cfg, run_dir, trainer, parts, history, loggers)
+        out["weights_report"] = parts["backbone"].weights_report
         if probe is not None:
             out["probe"] = probe.fits
         failed = False
         return out
     finally:
         finish_loggers(loggers, failed)
+
+
+def _build(cfg: DictConfig) -> dict[str, Any]:
+    """The run's parts: backbone, schedule and its PhaseControl, the FeatureServing, the data (a TargetData
+    around the source where ``data.target`` names a target), head, module and exact probe. The one place that
+    chooses domain adaptation (``adapt``)."""
+    from transferlab.adapt_module import DomainAdaptationModule
+    from transferlab.data.target import TargetData, split_options
+    from transferlab.feature_serving import FeatureServing
+    from transferlab.module import TransferModule
+    from transferlab.phase_control import PhaseControl
+
+    backbone = instantiate(cfg.backbone)
+    groups = len(backbone.layer_groups)
+    schedule = instantiate(cfg.schedule, num_groups=groups, max_epochs=cfg.trainer.get("max_epochs"))
+    phases = PhaseControl(schedule, backbone.model, backbone.layer_groups)
+    options, target_options, feature_cache = split_options(OmegaConf.to_container(cfg.data, resolve=True))
+    serving = FeatureServing(backbone, feature_cache, phases.backbone_frozen)
+    source = instantiate(options, _partial_=True)(inputs=backbone.inputs, features=serving)  # objects, not configs
+    target = None
+    if target_options is not None:
+        target = TargetData(source, target_options, adaptation_batches=bool(cfg.get("adapt")))
+    head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=source.num_classes)
+    module_options = dict(
+        class_names=source.class_names,
+        optimizer=instantiate(cfg.optimizer),
+        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        lr_scales=phases.lr_scales(),
+        label_smoothing=cfg.label_smoothing,
+        filter_bias_and_bn=cfg.filter_bias_and_bn,
+        inputs=source.inputs,
+        metadata={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "head", "data")},
+    )
+    if target is None:
+        module = TransferModule(backbone, head, **module_options)
+    else:
+        adaptation = _adaptation(cfg, schedule, phases, head, source.num_classes)
+        score_target = target.labelled
+        module = DomainAdaptationModule(backbone, head, adaptation=adaptation, score_target=score_target, **module_options)
+    probe = _exact_probe(schedule, phases, head, source, serving, cfg.seed)
+    parts = {"backbone": backbone, "phases": phases, "serving": serving, "source": source, "target": target}
+    return {**parts, "data": target or source, "module": module, "probe": probe}
 
 
 def _adaptation(cfg: DictConfig, schedule, phases, head, num_classes: int):
@@ -120,8 +132,8 @@ def _adaptation(cfg: DictConfig, schedule, phases, head, num_classes: int):
         p.requires_grad for p in head.hidden.parameters()
     )
     classifier_trains = features_train or any(p.probe != "exact" for p in schedule.phases)
-    if adaptation.discriminator is not None and not features_train:
-        option, why = f"adapt.adversarial={adaptation.adversarial}", ""
+    if adaptation.adversarial is not None and not features_train:
+        option, why = f"adapt.adversarial={adaptation.adversarial_method}", ""
     elif not classifier_trains:
         option, why = f"adapt.mcc_weight={adaptation.mcc_weight}", " and the exact probe fits the classifier"
     else:
@@ -134,12 +146,13 @@ def _adaptation(cfg: DictConfig, schedule, phases, head, num_classes: int):
 
 
 def trainer_config(cfg: DictConfig) -> dict[str, Any]:
-    """``cfg.trainer`` as the Trainer takes it: without transferlab's own options (compile, channels_last)."""
-    return {k: v for k, v in cfg.trainer.items() if k not in ("compile", "channels_last")}
+    """``cfg.trainer`` as the Trainer takes it: without transferlab's own option ``compile``."""
+    return {k: v for k, v in cfg.trainer.items() if k != "compile"}
 
 
-def _exact_probe(schedule, phases, head, datamodule, seed: int):
-    """The ExactProbe callback where a phase asks for it (schedule.probe=exact), on a linear head."""
+def _exact_probe(schedule, phases, head, source, serving, seed: int):
+    """The ExactProbe callback where a phase asks for it (schedule.probe=exact), on a linear head: fitted on the
+    frozen backbone's features of the train split, without augmentation."""
     from transferlab.heads import LinearHead
     from transferlab.probe import ExactProbe
 
@@ -149,32 +162,19 @@ def _exact_probe(schedule, phases, head, datamodule, seed: int):
         raise ConfigError(
             f"schedule.probe=exact: fits a linear head, not {type(head).__name__}; use head=linear or schedule.probe=sgd"
         )
-    num_classes = datamodule.num_classes
-    return ExactProbe(head.fc, num_classes, phases.probe_at, phases.phase_start, datamodule.probe_features, seed)
+
+    def train_features():
+        train = source.eval_view("train")
+        return serving.features("train", train, source.eval_loader(train)), train.labels
+
+    return ExactProbe(head.fc, source.num_classes, phases.probe_at, phases.phase_start, train_features, seed)
 
 
-def check_resumable(ckpt_path: str, module) -> None:
-    """A checkpoint to resume from must be readable and of this model (architecture and classes)."""
-    from transferlab.module import read_checkpoint
-
-    state = read_checkpoint(ckpt_path, mmap=True).get("state_dict") or {}  # mmap: shapes, without reading it all
-    ours = module.state_dict()
-    differ = [k for k in ours if k not in state or tuple(state[k].shape) != tuple(ours[k].shape)]
-    differ += [k for k in state if k not in ours]
-    if differ:
-        key = differ[0]
-        theirs = tuple(state[key].shape) if key in state else "absent"
-        mine = tuple(ours[key].shape) if key in ours else "absent"
-        raise ConfigError(
-            f"ckpt_path={ckpt_path}: a checkpoint of another model ({len(differ)} tensors differ, e.g. {key}: "
-            f"{theirs} in the file, {mine} here); resume with the config it was trained with"
-        )
-
-
-def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, phases, history, loggers) -> dict[str, Any]:
+def _fit_and_test(cfg, run_dir: Path, trainer, parts: dict[str, Any], history, loggers) -> dict[str, Any]:
     from transferlab.loggers import report_to_loggers
-    from transferlab.plots import plot_curves
+    from transferlab.resume import check_resumable, resume_path
 
+    module, data = parts["module"], parts["data"]
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the W&B run config, hparams.yaml
     if cfg.trainer.get("compile"):
@@ -182,26 +182,44 @@ def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, phases, histo
         # frozen gradients instead of flipping requires_grad: a graph compiled before a flip keeps it (PyTorch 139476).
         module.compile()
 
-    ckpt_path = _resume_path(cfg.get("ckpt_path"), run_dir)
+    ckpt_path = resume_path(cfg.get("ckpt_path"), run_dir)
     if ckpt_path is not None:
         check_resumable(ckpt_path, module)
     fit_start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     fit_s = time.perf_counter() - fit_start
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted")
     # Testing the best checkpoint below restores that epoch's callback state: read them first.
-    rows, phase_history = list(history.history), list(phases.history)
+    rows, phase_history = list(history.history), list(parts["phases"].history)
+    out = _summary(cfg, run_dir, trainer, parts, rows)
+    out["phases"], out["resumed_from"] = phase_history, ckpt_path
+    if cfg.get("test") and parts["source"].split_sizes().get("test"):
+        out["test"] = _test_best(trainer, module, data, run_dir)
+    rates = ("train_samples_per_s", "loader_samples_per_s", "model_samples_per_s")
+    out["timings"] = {
+        "startup_s": history.startup_s,
+        "fit_s": round(fit_s, 2),
+        "epoch_s": [r["epoch_time_s"] for r in rows],
+        **{key: [r[key] for r in rows] for key in rates},
+    }
+    if trainer.is_global_zero:
+        report_to_loggers(loggers, out, {"curves": run_dir / "curves.png", "confusion": run_dir / "confusion.png"})
+    return out
 
+
+def _summary(cfg, run_dir: Path, trainer, parts: dict[str, Any], rows: list[dict]) -> dict[str, Any]:
+    """What summary.json says of a fitted run, before testing: data, model selection, epochs, checkpoints."""
+    from transferlab.plots import plot_curves
+
+    module, source, target = parts["module"], parts["source"], parts["target"]
     out: dict[str, Any] = {
         "monitor": cfg.monitor,
         "class_names": module.class_names,
-        "data_config": module.metadata["data_config"],
-        "split_sizes": datamodule.split_sizes(),
+        "inputs": module.inputs.state(),
+        "split_sizes": source.split_sizes(),
         "model_selection": {"monitor": cfg.monitor, "on_target_labels": cfg.monitor.startswith("target/")},
         "layer_groups": [g.name for g in module.layer_groups],
-        "phases": phase_history,
-        "resumed_from": ckpt_path,
         "epochs": len(rows),
         "final": rows[-1] if rows else {},
         "versions": _versions(),
@@ -212,33 +230,20 @@ def _fit_and_test(cfg, run_dir: Path, trainer, module, datamodule, phases, histo
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None:
         last = run_dir / CHECKPOINTS / "last.ckpt"
-        out["checkpoints"] = {
-            "best": checkpoint.best_model_path or None,
-            "last": str(last) if last.is_file() else None,
-        }
+        out["checkpoints"] = {"best": checkpoint.best_model_path or None, "last": str(last) if last.is_file() else None}
     if rows and trainer.is_global_zero:
         plot_curves(run_dir, rows)
-    if cfg.get("test") and datamodule.split_sizes().get("test"):
-        out["test"] = _test_best(trainer, module, datamodule, run_dir)
-    out["timings"] = {
-        "startup_s": history.startup_s,
-        "fit_s": round(fit_s, 2),
-        "epoch_s": [r["epoch_time_s"] for r in rows],
-        **{key: [r[key] for r in rows] for key in ("train_images_per_s", "loader_images_per_s", "model_images_per_s")},
-    }
-    if datamodule.feature_cache_log:
-        out["feature_cache"] = datamodule.feature_cache_log
-    target = datamodule.target_summary()
+    if parts["serving"].log:
+        out["feature_cache"] = parts["serving"].log
     if target is not None:
-        out["target"] = target
-    if module.adaptation is not None:
+        out["target"] = target.summary()
+    adaptation = getattr(module, "adaptation", None)
+    if adaptation is not None:
         out["adaptation"] = {
-            "methods": module.adaptation.methods,
+            "methods": adaptation.methods,
             "steps_per_epoch": trainer.num_training_batches,
-            "batch_size": {"source": datamodule.batch_size, "target": datamodule.batch_size},
+            "batch_size": {"source": source.batch_size, "target": source.batch_size},
         }
-    if trainer.is_global_zero:
-        report_to_loggers(loggers, out, {"curves": run_dir / "curves.png", "confusion": run_dir / "confusion.png"})
     return out
 
 
@@ -263,20 +268,6 @@ def _wanted(callback, loggers: list, tty: bool) -> bool:
     if isinstance(callback, ProgressBar):
         return tty
     return not (isinstance(callback, LearningRateMonitor) and not loggers)
-
-
-def _resume_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """``last``: the run folder's newest checkpoint, the end of its last epoch or the one Lightning's SLURM support
-    saved when the job was signalled before its time limit (``hpc_ckpt_N.ckpt``); none yet: a fresh start."""
-    if ckpt_path != "last":
-        return None if ckpt_path is None else str(Path(ckpt_path).expanduser())
-    found = [p for p in (run_dir / CHECKPOINTS / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
-    if found:
-        newest = max(found, key=lambda p: p.stat().st_mtime)
-        log.info("resuming from %s", newest)
-        return str(newest)
-    log.info("ckpt_path=last: no checkpoint in %s yet, starting from the beginning", run_dir)
-    return None
 
 
 def _best_row(history: list[dict], monitor: str, mode: str) -> dict | None:

@@ -38,7 +38,7 @@ def check_options(options: Mapping[str, Any]) -> None:
     _whole("eval_batch_size", get("eval_batch_size"), 1, "32")
     _whole("num_workers", get("num_workers"), 0, "0 (0 loads in the main process)")
     _whole("input_size", get("input_size"), 1, "224")
-    _check_target(get("target"))
+    check_target(get("target"))
     target = get("target") or {}
     if get("target_batches") and target.get("root") is None and target.get("source") != "digits_m":
         raise ConfigError(
@@ -47,7 +47,7 @@ def check_options(options: Mapping[str, Any]) -> None:
         )
 
 
-def _check_target(target: Any) -> None:
+def check_target(target: Any) -> None:
     if target is None:
         return
     if not isinstance(target, Mapping):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from transferlab.batches import Batch
 from transferlab.data.images import IMG_EXTENSIONS, image_files, load_rgb
 from transferlab.errors import ConfigError
 
@@ -33,7 +36,8 @@ class Split:
 
 
 class LabeledImages(Dataset):
-    """(image tensor, label) pairs of a :class:`Split`: each image is loaded as RGB PIL, then transformed."""
+    """:class:`~transferlab.batches.Batch` items (image tensor, label) of a :class:`Split`: each image is loaded as
+    RGB PIL, then transformed."""
 
     def __init__(self, split: Split, transform: Callable):
         self.items, self.labels, self.transform = split.items, split.labels, transform
@@ -41,8 +45,21 @@ class LabeledImages(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int):
-        return self.transform(load_rgb(self.items[index])), int(self.labels[index])
+    def __getitem__(self, index: int) -> Batch:
+        return Batch(self.transform(load_rgb(self.items[index])), int(self.labels[index]))
+
+    def fingerprint(self) -> str:
+        """Hash of the images, labels and transform (the feature cache's key): file path, size and mtime for
+        files, the pixels for arrays."""
+        h = hashlib.blake2b(np.ascontiguousarray(self.labels).data, digest_size=16)
+        for item in self.items:
+            if isinstance(item, np.ndarray):
+                h.update(np.ascontiguousarray(item).data)
+            else:
+                stat = os.stat(item)
+                h.update(f"{item}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        h.update(repr(self.transform).encode())
+        return h.hexdigest()
 
 
 def decoded(split: Split) -> Split:

@@ -1,0 +1,68 @@
+"""DomainAdaptationModule: the TransferModule with a second domain, scored on its labels and adapted to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from transferlab.adapt import DomainAdaptation
+from transferlab.batches import FeatureBatch
+from transferlab.module import TransferModule
+from transferlab.optim import ParamGroup
+
+
+class DomainAdaptationModule(TransferModule):
+    """A :class:`TransferModule` for a run with target data (:class:`~transferlab.data.target.TargetData`).
+
+    With ``adaptation``, training batches come as ``{"source": batch, "target": batch}``: both domains pass the
+    backbone as one batch (so BatchNorm normalises with statistics of both), the source rows give the
+    classification loss and ``adaptation`` adds its loss on what the head's classifier reads (``head.hidden``'s
+    output). With ``score_target``, the second val/test loader is a labelled target, logged as ``target/...``.
+    """
+
+    def __init__(
+        self, *args: Any, adaptation: DomainAdaptation | None = None, score_target: bool = False, **kwargs: Any
+    ):
+        super().__init__(*args, **kwargs)
+        self.adaptation, self.score_target = adaptation, bool(score_target)
+        if score_target:  # logged under target/ in validation and in testing alike
+            self.target_val_metrics = self.val_metrics.clone(prefix="target/")
+            self.target_test_metrics = self.val_metrics.clone(prefix="target/")
+
+    def training_step(self, batch, batch_idx):
+        if self.adaptation is None:  # a target to score only: training sees the source alone
+            return super().training_step(batch, batch_idx)
+        source, target = batch["source"], batch["target"]
+        num_source = len(source.target)
+        if isinstance(source, FeatureBatch):
+            features = torch.cat([source.features, target.features])
+        else:  # not forward: the head's parts are needed apart
+            features = self.encode(self.inputs.concat([source.inputs, target.inputs]))
+        adapted = self.head.hidden(features)
+        logits = self.head.fc(adapted)
+        loss, _ = self.score(logits[:num_source], source.target, self.train_metrics, "train")
+        progress = self.trainer.global_step / max(1, self.trainer.estimated_stepping_batches)
+        two_column = torch.cat([-logits / 2, logits / 2], 1) if self.binary else logits
+        extra, logs = self.adaptation(adapted, two_column, num_source, progress)
+        self.log("adapt/loss", extra, on_step=True, on_epoch=True, batch_size=num_source)
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=num_source)
+        return loss + extra
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        if dataloader_idx == 0:
+            return super().validation_step(batch, batch_idx)
+        self.score(self.logits(batch), batch.target, self.target_val_metrics, "target")
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        if dataloader_idx == 0:
+            return super().test_step(batch, batch_idx)
+        self.score(self.logits(batch), batch.target, self.target_test_metrics, "target")
+
+    def param_groups(self) -> list[ParamGroup]:
+        """The model's groups, then the discriminator's, which no phase freezes or rescales."""
+        extra = self.adaptation.param_groups() if self.adaptation is not None else []
+        return [*super().param_groups(), *extra]
+
+    def metric_names(self, stages=("train", "val")) -> list[str]:
+        return super().metric_names((*stages, "target") if self.score_target else stages)

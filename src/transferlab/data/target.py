@@ -1,0 +1,102 @@
+"""TargetData: a second domain beside a source data module, for domain adaptation and for scoring on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import CombinedLoader
+from torch.utils.data import DataLoader
+
+from transferlab.data import sources
+from transferlab.data.datamodule import DIGIT_SOURCES, ClassificationDataModule
+from transferlab.data.options import check_digit_classes, check_target
+from transferlab.errors import ConfigError
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
+    """The ``data.`` options as (the source data module's, ``data.target`` when it names a target, else None,
+    ``data.feature_cache``): the target wraps the source module, the cache is the feature server's."""
+    options = dict(options)
+    target = options.pop("target", None) or {}
+    feature_cache = options.pop("feature_cache", None)
+    named = target.get("root") is not None or target.get("source") in DIGIT_SOURCES
+    return options, (target if named else None), feature_cache
+
+
+class TargetData(pl.LightningDataModule):
+    """``source``'s data plus a target domain: ``{"root": PATH}`` (class folders like the source's: labelled,
+    the labels only score; or flat: unlabelled) or ``{"source": "digits_m"}``, split like the source
+    (``target_train``, ``target_val``, ``target_test``; unlabelled images are all ``target_train``).
+
+    A labelled target's val and test splits are served beside the source's (dataloader_idx 1); with
+    ``adaptation_batches`` every training batch is ``{"source": batch, "target": batch}``, with as many target
+    examples as source ones, drawn by a shuffle of their own (CycleShuffle).
+    """
+
+    def __init__(self, source: ClassificationDataModule, target: dict[str, Any], adaptation_batches: bool = False):
+        super().__init__()
+        check_target(target)
+        self.source, self.target = source, dict(target)
+        self.root = self.target.get("root")
+        self.adaptation_batches = bool(adaptation_batches)
+        self.class_names, self.num_classes = source.class_names, source.num_classes
+        self._raw, self.labelled = self._list()
+        self._datasets: dict[str, sources.LabeledImages] = {}
+
+    def _list(self) -> tuple[dict[str, sources.Split], bool]:
+        """The target's images (not decoded) and whether they are labelled."""
+        kind = self.target.get("source") or "folder"
+        if kind in DIGIT_SOURCES:
+            split, names = DIGIT_SOURCES[kind](check_digit_classes(self.source.classes), self.source.photos)
+            raw, shown = {"all": split}, f"data.target.source={kind}"
+        else:
+            raw, names = sources.scan_target(self.root)
+            shown = f"data.target.root={self.root}"
+        if names is not None and names != self.class_names:
+            raise ConfigError(
+                f"{shown}: its classes {names} differ from the source's {self.class_names}; give the target the "
+                "source's class folders (or a flat folder of unlabelled images)"
+            )
+        return raw, names is not None
+
+    def setup(self, stage: str | None = None) -> None:
+        self.source.trainer = self.trainer  # the source's loaders pin memory where this Trainer runs on CUDA
+        self.source.setup(stage)
+        if self._datasets:
+            return
+        folder = self.root is not None
+        raw = self.source.readable(self._raw, "data.target.root", self.root, folder, "target_")
+        splits = self.source.make_splits(raw) if self.labelled else {"train": raw["all"]}
+        self._datasets = self.source.labelled({f"target_{name}": split for name, split in splits.items()})
+
+    @property
+    def datasets(self) -> dict[str, sources.LabeledImages]:
+        self.setup()
+        return self._datasets
+
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        source = self.source.train_dataloader()
+        if not self.adaptation_batches:
+            return source
+        target = self.source.loader(
+            "target_train", self.datasets["target_train"], shuffle=True, num_samples=len(source.dataset)
+        )
+        return CombinedLoader({"source": source, "target": target}, mode="max_size_cycle")
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._beside(self.source.val_dataloader(), "target_val")
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._beside(self.source.test_dataloader(), "target_test")
+
+    def _beside(self, source: DataLoader, split: str) -> DataLoader | list[DataLoader]:
+        if split not in self.datasets:
+            return source
+        return [source, self.source.loader(split, self.datasets[split])]
+
+    def summary(self) -> dict[str, Any]:
+        """What summary.json says of the target: where it is from, whether labelled, its splits."""
+        where = {"root": self.root} if self.root is not None else {"source": self.target["source"]}
+        sizes = self.source.split_sizes({k.removeprefix("target_"): v for k, v in self.datasets.items()})
+        return {**where, "labelled": self.labelled, "split_sizes": sizes}
