@@ -14,6 +14,7 @@ from transferlab.adapt import DomainAdaptation, class_confusion, ramp, reverse_g
 from transferlab.data import ClassificationDataModule
 from transferlab.data.sampling import CycleShuffle, EpochShuffle
 from transferlab.data.sources import load_digits, load_digits_m
+from transferlab.data.target import TargetData
 from transferlab.errors import ConfigError
 from transferlab.module import load_module
 from transferlab.train import train
@@ -273,12 +274,11 @@ def test_target_folder_errors_are_one_line(make_cfg, tmp_path):
 
 
 def test_target_datamodule_splits_a_labelled_folder_like_the_source(folders):
-    module = ClassificationDataModule(
-        source="folder", root=str(folders / "digits"), target={"root": str(folders / "digits_m")}, test_fraction=0.2
-    )
-    assert module.split_sizes("target_") == module.split_sizes()
+    module = ClassificationDataModule(source="folder", root=str(folders / "digits"), test_fraction=0.2)
+    target_data = TargetData(module, {"root": str(folders / "digits_m")})
+    assert target_data.summary()["split_sizes"] == module.split_sizes() and target_data.labelled
     source = module.datasets["test"].items
-    target = module.datasets["target_test"].items
+    target = target_data.datasets["target_test"].items
     assert [p.name for p in source] == [
         p.name for p in target
     ]  # the same digits, so no target test digit was trained on

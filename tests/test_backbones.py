@@ -28,7 +28,7 @@ def test_every_parameter_in_exactly_one_group(name):
     # input to output: the first group holds the stem, and group order follows parameter order
     first_index = [names.index(g.param_names[0]) for g in backbone.layer_groups]
     assert first_index == sorted(first_index) and first_index[0] == 0
-    assert backbone.model(torch.zeros(2, *backbone.data_config["input_size"])).shape == (
+    assert backbone.model(torch.zeros(2, *backbone.inputs.data_config["input_size"])).shape == (
         2,
         backbone.num_features,
     )
@@ -60,7 +60,7 @@ def test_custom_module_fallback_groups_and_dry_forward():
     backbone = create_backbone(model=TinyNet(), data_config={"input_size": [3, 16, 16]})
     assert backbone.num_features == 16
     assert [g.name for g in backbone.layer_groups] == ["stem", "body"]
-    assert backbone.data_config["input_size"] == (3, 16, 16)
+    assert backbone.inputs.data_config["input_size"] == (3, 16, 16)
 
 
 def test_regex_override():

@@ -10,6 +10,7 @@ from PIL import Image
 
 from transferlab.data import ClassificationDataModule
 from transferlab.errors import ConfigError
+from transferlab.image_inputs import ImageInputs
 
 DIGITS = [5, 6, 7, 8, 9]
 
@@ -144,12 +145,12 @@ def test_overrides_win_over_the_backbone_data_config():
         "interpolation": "bicubic",
         "crop_pct": 0.95,
     }
-    dm = digits(data_config=backbone, input_size=48, mean=[0.1, 0.2, 0.3])
-    assert dm.data_config == {**backbone, "input_size": (3, 48, 48), "mean": (0.1, 0.2, 0.3)}
-    assert dm.datasets["val"][0][0].shape == (3, 48, 48)
-    plain = ClassificationDataModule(data_config=backbone)
-    assert plain.data_config == backbone
-    default = ClassificationDataModule().data_config
+    dm = digits(inputs=ImageInputs(backbone), input_size=48, mean=[0.1, 0.2, 0.3])
+    assert dm.inputs.data_config == {**backbone, "input_size": (3, 48, 48), "mean": (0.1, 0.2, 0.3)}
+    assert dm.datasets["val"][0].inputs.shape == (3, 48, 48)
+    plain = ClassificationDataModule(inputs=ImageInputs(backbone))
+    assert plain.inputs.data_config == backbone
+    default = ClassificationDataModule().inputs.data_config
     assert default["input_size"] == (3, 224, 224) and default["crop_pct"] == 0.875
     assert default["mean"] == (0.485, 0.456, 0.406) and default["interpolation"] == "bilinear"
 

@@ -113,10 +113,9 @@ def test_predict_labels_a_folder(trained_run, tmp_path, caplog):
     assert (tmp_path / "run/bad_files.txt").read_text() == f"{tmp_path / 'images' / 'broken.png'}\n"
 
     # the same as the model itself on the same images with the checkpoint's own eval transform
-    from transferlab.data.transforms import build_transform
 
     module = load_module(str(trained_run / "checkpoints/best.ckpt"))
-    transform = build_transform(module.metadata["data_config"], "none", train=False)
+    transform = module.inputs.transform("none", train=False)
     batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
     with torch.no_grad():
         probs = module.probabilities(module(batch))

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from transferlab import features
+from transferlab.data.sources import LabeledImages, Split
 from transferlab.module import load_module
 from transferlab.train import train
 
@@ -37,7 +38,8 @@ def test_frozen_run_caches_features_the_backbone_computes(make_cfg, tmp_path):
     module = load_module(summary["checkpoints"]["last"])
     from hydra.utils import instantiate
 
-    dm = instantiate(make_cfg("data.num_workers=0").data, data_config=module.metadata["data_config"])
+    options = {**make_cfg("data.num_workers=0").data, "target": None, "feature_cache": None}
+    dm = instantiate(options, _partial_=True)(inputs=module.inputs)
     images = torch.stack([dm.datasets["val"][i][0] for i in range(len(dm.datasets["val"]))])
     with torch.no_grad():
         expected = module.backbone.eval()(images).numpy()
@@ -91,14 +93,19 @@ def test_fingerprints_see_one_changed_weight_buffer_file_or_pixel(tmp_path):
     path = tmp_path / "a.png"
     Image.new("RGB", (4, 4)).save(path)
     labels = np.array([0])
-    files = features.images_fingerprint([path], labels)
-    assert features.images_fingerprint([path], np.array([1])) != files
+
+    def fingerprint(items, labels, transform=str):
+        return LabeledImages(Split(items, labels), transform).fingerprint()
+
+    files = fingerprint([path], labels)
+    assert fingerprint([path], np.array([1])) != files
+    assert fingerprint([path], labels, transform=repr) != files  # another preparation of the same images
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert features.images_fingerprint([path], labels) != files
+    assert fingerprint([path], labels) != files
     pixels = np.zeros((4, 4, 3), np.uint8)
-    arrays = features.images_fingerprint([pixels], labels)
+    arrays = fingerprint([pixels], labels)
     pixels[0, 0, 0] = 1
-    assert features.images_fingerprint([pixels], labels) != arrays
+    assert fingerprint([pixels], labels) != arrays
 
 
 def test_augmented_train_split_is_not_cached_but_val_is(make_cfg, tmp_path):

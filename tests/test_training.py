@@ -29,16 +29,22 @@ def test_run_folder_contract(trained_run):
     summary = json.loads((trained_run / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["class_names"] == ["0", "1", "2"]
-    assert summary["data_config"]["input_size"] == [3, 32, 32]
+    assert summary["inputs"] == {
+        "kind": "image",
+        "data_config": {**summary["inputs"]["data_config"], "input_size": [3, 32, 32]},
+        "channels_last": False,
+    }
     assert summary["epochs"] == 2 and summary["best_epoch"] in (0, 1)
     assert {"torch", "lightning", "timm", "transferlab"} <= set(summary["versions"])
     assert 0 <= summary["test"]["test/acc"] <= 1 and "test/f1" in summary["test"]
     timings = summary["timings"]
     assert timings["fit_s"] > 0 and len(timings["epoch_s"]) == 2
-    for key in ("train_images_per_s", "loader_images_per_s", "model_images_per_s"):
+    for key in ("train_samples_per_s", "loader_samples_per_s", "model_samples_per_s"):
         assert len(timings[key]) == 2 and all(v > 0 for v in timings[key]), key
     # The whole epoch's images pass through both: each alone is faster than the two together.
-    assert min(timings["loader_images_per_s"][1], timings["model_images_per_s"][1]) > timings["train_images_per_s"][1]
+    assert (
+        min(timings["loader_samples_per_s"][1], timings["model_samples_per_s"][1]) > timings["train_samples_per_s"][1]
+    )
     for name in (
         "metrics.csv",
         "curves.png",
@@ -50,9 +56,9 @@ def test_run_folder_contract(trained_run):
         assert (trained_run / name).is_file(), name
     rows = list(csv.DictReader((trained_run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["0", "1"]
-    assert {"train/loss", "val/loss", "val/acc", "lr/head", "lr/stem", "train_images_per_s"} <= set(rows[0])
+    assert {"train/loss", "val/loss", "val/acc", "lr/head", "lr/stem", "train_samples_per_s"} <= set(rows[0])
     meta = torch.load(trained_run / "checkpoints/best.ckpt", weights_only=True)["transferlab"]
-    assert meta["class_names"] == ["0", "1", "2"] and meta["data_config"]["input_size"] == (3, 32, 32)
+    assert meta["class_names"] == ["0", "1", "2"] and meta["inputs"]["data_config"]["input_size"] == (3, 32, 32)
 
 
 def test_channels_last_runs_backbone_and_images_in_nhwc(make_cfg):
@@ -60,19 +66,22 @@ def test_channels_last_runs_backbone_and_images_in_nhwc(make_cfg):
     from transferlab.heads import LinearHead
     from transferlab.module import TransferModule
 
-    cfg = make_cfg("trainer.channels_last=true")
+    cfg = make_cfg("backbone.channels_last=true")
     modules = []
     for channels_last in (False, True):
         torch.manual_seed(0)
-        backbone = instantiate(cfg.backbone)
+        backbone = instantiate({**cfg.backbone, "channels_last": channels_last})
         head = LinearHead(backbone.num_features, 3)
-        modules.append(TransferModule(backbone, head, ["0", "1", "2"], channels_last=channels_last).eval())
+        modules.append(TransferModule(backbone, head, ["0", "1", "2"]).eval())
     kernels = [p for p in modules[1].backbone.parameters() if p.ndim == 4]
     assert kernels and all(k.is_contiguous(memory_format=torch.channels_last) for k in kernels)
     images = torch.randn(2, 3, 32, 32)
+    assert modules[1].inputs.prepare(images).is_contiguous(memory_format=torch.channels_last)
+    assert not modules[0].inputs.prepare(images).is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(modules[1](images), modules[0](images), rtol=1e-4, atol=1e-5)
     summary = train(cfg)
     assert summary["status"] == "completed", summary.get("error")
+    assert summary["inputs"]["channels_last"] is True
 
 
 @pytest.mark.parametrize("freeze_depth", [2, "all"])

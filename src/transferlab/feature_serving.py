@@ -27,13 +27,13 @@ if TYPE_CHECKING:
 
 class FeatureServing(pl.Callback):
     """Serves ``backbone``'s features from the cache in ``folder`` (None: never served; the probe's are then
-    computed into memory) in epochs where ``backbone_frozen(epoch)`` holds. ``log`` lists each served split:
+    computed into memory) in epochs where ``backbone_frozen(epoch)`` holds. ``served`` lists each served split:
     hit or computed, how long, which file (summary.json's ``feature_cache``)."""
 
     def __init__(self, backbone: Backbone, folder: str | Path | None, backbone_frozen: Callable[[int], bool]):
         self.backbone, self.backbone_frozen = backbone, backbone_frozen
         self.folder = None if folder is None else Path(folder).expanduser()
-        self.log: list[dict[str, Any]] = []
+        self.served: list[dict[str, Any]] = []
         self._trainer: pl.Trainer | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -59,7 +59,7 @@ class FeatureServing(pl.Callback):
         return features.FeatureDataset(self.features(split, dataset, loader, log=True), dataset.labels)
 
     def features(self, split: str, dataset: Dataset, loader: DataLoader, log: bool = False) -> np.ndarray:
-        """The backbone's features of ``dataset`` through the cache (float32); ``log``: listed in ``log``."""
+        """The backbone's features of ``dataset`` through the cache (float32); ``log``: listed in ``served``."""
         trainer = self._trainer
         assert trainer is not None, "FeatureServing serves once the Trainer has set it up"
         start = time.perf_counter()
@@ -75,7 +75,7 @@ class FeatureServing(pl.Callback):
         )
         seconds = round(time.perf_counter() - start, 3)
         if path is not None and log:
-            self.log.append(
+            self.served.append(
                 {"epoch": trainer.current_epoch, "split": split, "hit": hit, "seconds": seconds, "file": str(path)}
             )
         what = "reused" if hit else f"computed in {seconds:.1f}s"

@@ -28,7 +28,13 @@ class ParamGroup:
     def as_dict(self) -> dict:
         """What torch's optimizers take; ``lr_scale`` and ``layer_group`` ride along for phase control."""
         extra = {} if self.weight_decay is None else {"weight_decay": self.weight_decay}
-        return {"params": self.params, "name": self.name, "layer_group": self.layer_group, "lr_scale": self.lr_scale, **extra}
+        return {
+            "params": self.params,
+            "name": self.name,
+            "layer_group": self.layer_group,
+            "lr_scale": self.lr_scale,
+            **extra,
+        }
 
 
 def no_weight_decay(model: nn.Module) -> set[str]:

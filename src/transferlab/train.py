@@ -114,7 +114,9 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
     else:
         adaptation = _adaptation(cfg, schedule, phases, head, source.num_classes)
         score_target = target.labelled
-        module = DomainAdaptationModule(backbone, head, adaptation=adaptation, score_target=score_target, **module_options)
+        module = DomainAdaptationModule(
+            backbone, head, adaptation=adaptation, score_target=score_target, **module_options
+        )
     probe = _exact_probe(schedule, phases, head, source, serving, cfg.seed)
     parts = {"backbone": backbone, "phases": phases, "serving": serving, "source": source, "target": target}
     return {**parts, "data": target or source, "module": module, "probe": probe}
@@ -233,8 +235,8 @@ def _summary(cfg, run_dir: Path, trainer, parts: dict[str, Any], rows: list[dict
         out["checkpoints"] = {"best": checkpoint.best_model_path or None, "last": str(last) if last.is_file() else None}
     if rows and trainer.is_global_zero:
         plot_curves(run_dir, rows)
-    if parts["serving"].log:
-        out["feature_cache"] = parts["serving"].log
+    if parts["serving"].served:
+        out["feature_cache"] = parts["serving"].served
     if target is not None:
         out["target"] = target.summary()
     adaptation = getattr(module, "adaptation", None)

@@ -15,7 +15,6 @@ from transferlab.data.options import check_digit_classes, check_options
 from transferlab.data.sampling import CycleShuffle, EpochShuffle
 from transferlab.errors import ConfigError
 from transferlab.features import FeatureDataset
-from transferlab.image_inputs import ImageInputs
 
 DIGIT_SOURCES = {  # built in: (classes, photos) -> (split, class names)
     "digits": lambda classes, photos: sources.load_digits(classes),
@@ -78,6 +77,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         self._loaders: dict[str, DataLoader] = {}
         self.output_dir = None if output_dir is None else Path(output_dir).expanduser()
         self.features = features
+        from transferlab.image_inputs import ImageInputs  # the default: image inputs import data.transforms
+
         overrides = {"input_size": input_size, "mean": mean, "std": std}
         self.inputs = (inputs or ImageInputs()).override(**{k: v for k, v in overrides.items() if v is not None})
 
