@@ -37,11 +37,13 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
+from timm.optim import param_groups_weight_decay
 from torch import nn
 from torch.utils.data import DataLoader
 
 from transferlab.cli import conf_dir, instantiate
+from transferlab.data.target import split_options
 from transferlab.train import train
 
 MARKS: list[tuple[str, float]] = []
@@ -123,9 +125,12 @@ def plain_epochs(cfg, out: Path) -> list[Epoch]:
     """The loop a user would write by hand for the same run."""
     torch.manual_seed(cfg.seed)
     backbone = instantiate(cfg.backbone)  # the same timm model: resnet18 without its classifier
-    data = instantiate(cfg.data, data_config=backbone.data_config)
+    options, _, _ = split_options(OmegaConf.to_container(cfg.data, resolve=True))
+    data = instantiate(options, _partial_=True)(inputs=backbone.inputs)
     model = nn.Sequential(backbone.model, nn.Linear(backbone.num_features, data.num_classes))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
+    # No weight decay on biases and norm weights, as transferlab's groups (timm's rule).
+    groups = param_groups_weight_decay(model, cfg.optimizer.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
     train_set, val_set = data.datasets["train"], data.datasets["val"]
     batch, workers = cfg.data.batch_size, cfg.data.num_workers
     loader_options = {"num_workers": workers, "persistent_workers": workers > 0}

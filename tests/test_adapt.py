@@ -12,8 +12,8 @@ from PIL import Image
 
 from transferlab.adapt import DomainAdaptation, class_confusion, ramp, reverse_gradient
 from transferlab.data import ClassificationDataModule
+from transferlab.data.digits import load_digits, load_digits_m
 from transferlab.data.sampling import CycleShuffle, EpochShuffle
-from transferlab.data.sources import load_digits, load_digits_m
 from transferlab.data.target import TargetData
 from transferlab.errors import ConfigError
 from transferlab.module import load_module

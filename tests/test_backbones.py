@@ -90,3 +90,37 @@ def test_weights_from_a_timm_checkpoint_with_classifier(tmp_path):
     backbone = create_backbone("resnet18", weights=str(tmp_path / "r18.pth"), strict=True)
     assert "2 classifier tensors dropped" in backbone.weights_report
     assert torch.equal(backbone.model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+
+
+class _EncoderLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention, self.output = nn.Linear(8, 8), nn.LayerNorm(8)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, layers: int):
+        super().__init__()
+        self.layer = nn.ModuleList([_EncoderLayer() for _ in range(layers)])
+
+
+class _BertShaped(nn.Module):
+    """The module tree of a Hugging Face BERT encoder: embeddings, encoder.layer.N, pooler."""
+
+    def __init__(self, layers: int = 4):
+        super().__init__()
+        self.embeddings, self.encoder, self.pooler = nn.Embedding(30, 8), _Encoder(layers), nn.Linear(8, 8)
+
+
+def test_fallback_groups_a_transformer_encoder_by_layer():
+    groups = layer_groups(_BertShaped(4))
+    assert [g.name for g in groups] == ["embeddings", *(f"encoder.layer.{i}" for i in range(4)), "pooler"]
+    assert groups[2].param_names == tuple(
+        f"encoder.layer.1.{n}" for n in ("attention.weight", "attention.bias", "output.weight", "output.bias")
+    )
+
+
+def test_regex_groups_with_one_name_get_unique_names():
+    # Both of the first two are named after their unit, stem.0: optimizer groups and lr logs go by name.
+    groups = layer_groups(TinyNet(), [r"^stem\.0\.weight", r"^stem\.0\.bias", r"^stem\.1", r"^body"])
+    assert [g.name for g in groups] == ["stem.0_0", "stem.0_1", "stem.1", "body.0"]

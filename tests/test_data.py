@@ -302,7 +302,7 @@ def test_cache_images_decodes_once_and_gives_the_same_tensors(tmp_path):
 def test_digits_read_from_the_file_match_scikit_learns_loader():
     from sklearn.datasets import load_digits
 
-    from transferlab.data.sources import _sklearn_digits
+    from transferlab.data.digits import _sklearn_digits
 
     images, target = _sklearn_digits()
     reference = load_digits()

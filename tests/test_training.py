@@ -246,3 +246,45 @@ def test_custom_backbone_with_a_checkpoint_from_the_wild_on_real_images(shared_d
     )
     rows = list(csv.DictReader(csv_path.open()))
     assert len(rows) == 83 and {r["class"] for r in rows} <= {"ants", "bees"}
+
+
+def test_use_from_python_as_the_readme_shows(tmp_path):
+    """The README's "Use from Python" pieces, without Hydra: an LP-FT run whose probe epoch trains the head on
+    served features while the backbone stays put, and whose fine-tuning epoch moves the backbone."""
+    import pytorch_lightning as pl
+
+    from transferlab.backbones import create_backbone
+    from transferlab.data import ClassificationDataModule
+    from transferlab.feature_serving import FeatureServing
+    from transferlab.heads import LinearHead
+    from transferlab.module import TransferModule
+    from transferlab.phase_control import PhaseControl
+    from transferlab.schedules import preset
+
+    pl.seed_everything(0)
+    backbone = create_backbone("test_resnet")
+    phases = PhaseControl(preset("lp_ft", probe_epochs=1, ft_lr_mult=0.1), backbone.model, backbone.layer_groups)
+    serving = FeatureServing(backbone, tmp_path / "cache", phases.backbone_frozen)
+    data = ClassificationDataModule(classes=[0, 1, 2], input_size=32, inputs=backbone.inputs, features=serving)
+    head = LinearHead(backbone.num_features, data.num_classes)
+    module = TransferModule(backbone, head, data.class_names, lr_scales=phases.lr_scales(), inputs=data.inputs)
+
+    class Snapshot(pl.Callback):
+        def __init__(self):
+            self.backbones = []
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.backbones.append({k: v.clone() for k, v in pl_module.backbone.state_dict().items()})
+
+    start = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    snapshot = Snapshot()
+    trainer = pl.Trainer(
+        max_epochs=2, callbacks=[phases, serving, snapshot], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, accelerator="cpu", devices=1,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    assert [(e["epoch"], e["split"]) for e in serving.served] == [(0, "train"), (0, "val")]
+    after_probe, after_fine_tuning = snapshot.backbones
+    assert all(torch.equal(start[k], after_probe[k]) for k in start)  # the probe epoch ran on features
+    assert any(not torch.equal(start[k], after_fine_tuning[k]) for k in start)
+    assert trainer.callback_metrics["val/acc"] > 0.6  # 3 classes: chance is 0.33

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from transferlab.adapt import DomainAdaptation
 from transferlab.batches import FeatureBatch
+from transferlab.errors import ConfigError
 from transferlab.module import TransferModule
 from transferlab.optim import ParamGroup
 
@@ -66,3 +68,30 @@ class DomainAdaptationModule(TransferModule):
 
     def metric_names(self, stages=("train", "val")) -> list[str]:
         return super().metric_names((*stages, "target") if self.score_target else stages)
+
+
+def build_adaptation(
+    factory: Callable[..., DomainAdaptation] | None, schedule, phases, head, num_classes: int, max_epochs: int
+) -> DomainAdaptation | None:
+    """``factory`` (the ``adapt`` group's partial DomainAdaptation) on what the head's classifier reads; None
+    without one. An adapter with nothing it can move is a ConfigError: adversarial methods adapt the features (a
+    trained backbone or the head's hidden layer), MCC the classifier too."""
+    if factory is None:
+        return None
+    adaptation = factory(in_features=head.fc.in_features, num_classes=num_classes)
+    epochs = range(int(max_epochs))
+    features_train = any(not phases.backbone_frozen(e) for e in epochs) or any(
+        p.requires_grad for p in head.hidden.parameters()
+    )
+    classifier_trains = features_train or any(p.probe != "exact" for p in schedule.phases)
+    if adaptation.adversarial is not None and not features_train:
+        option, why = f"adapt.adversarial={adaptation.adversarial_method}", ""
+    elif not classifier_trains:
+        option, why = f"adapt.mcc_weight={adaptation.mcc_weight}", " and the exact probe fits the classifier"
+    else:
+        return adaptation
+    raise ConfigError(
+        f"{option}: nothing to adapt: the schedule freezes the whole backbone and the head has no hidden layer{why}; "
+        "use head=mlp (its hidden layer is then the adapted feature) or a schedule that trains the backbone "
+        "(e.g. schedule=full)"
+    )

@@ -1,7 +1,9 @@
 """Layer groups: a backbone's parameters as an ordered list, input to output.
 
 Freeze depth, discriminative learning rates and BatchNorm policy all speak of these groups. Sources, in order of
-precedence: regexes from config, timm's own ``group_matcher``, and a fallback over the top-level children.
+precedence: regexes from config, timm's own ``group_matcher``, and a fallback over the top-level children, where a
+child whose parameters all sit in one ``nn.ModuleList`` (a transformer's ``encoder.layer``) gives a group per block:
+a Hugging Face encoder's groups are its embeddings, each layer in order, then the pooler.
 """
 
 from __future__ import annotations
@@ -33,7 +35,15 @@ def layer_groups(model: nn.Module, regexes: list[str] | None = None) -> list[Lay
     else:
         groups = _groups_from_children(model)
     _check_coverage(names, groups)
-    return groups
+    return _unique_names(groups)
+
+
+def _unique_names(groups: list[LayerGroup]) -> list[LayerGroup]:
+    """Names are what optimizer groups, lr logs and phases go by: a repeated one gets its position appended."""
+    names = [g.name for g in groups]
+    return [
+        LayerGroup(f"{g.name}_{i}" if names.count(g.name) > 1 else g.name, g.param_names) for i, g in enumerate(groups)
+    ]
 
 
 def _groups_from_regexes(names: list[str], regexes: list[str]) -> list[LayerGroup]:
@@ -60,13 +70,26 @@ def _groups_from_regexes(names: list[str], regexes: list[str]) -> list[LayerGrou
 def _groups_from_children(model: nn.Module) -> list[LayerGroup]:
     groups = []
     for child_name, child in model.named_children():
-        params = [f"{child_name}.{n}" for n, _ in child.named_parameters()]
-        if params:
-            groups.append(LayerGroup(child_name, tuple(params)))
+        for name, part in _blocks(child_name, child) or [(child_name, child)]:
+            params = [f"{name}.{n}" for n, _ in part.named_parameters()]
+            if params:
+                groups.append(LayerGroup(name, tuple(params)))
     direct = [n for n, _ in model.named_parameters(recurse=False)]
     if direct:  # parameters owned by the root module itself (e.g. a positional embedding) go first
         groups.insert(0, LayerGroup("root", tuple(direct)))
     return groups
+
+
+def _blocks(prefix: str, module: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """(name, block) of each element of the ``nn.ModuleList`` that holds all of ``module``'s parameters, reached
+    through children that each hold them all (``encoder`` -> ``encoder.layer``); None where there is no such list."""
+    while not isinstance(module, nn.ModuleList):
+        holders = [(n, c) for n, c in module.named_children() if any(True for _ in c.parameters())]
+        if len(holders) != 1 or any(True for _ in module.parameters(recurse=False)):
+            return None
+        name, module = holders[0]
+        prefix = f"{prefix}.{name}"
+    return [(f"{prefix}.{i}", block) for i, block in enumerate(module)]
 
 
 def _group_name(param_names: list[str], index: int) -> str:

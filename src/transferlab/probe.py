@@ -163,3 +163,24 @@ class ExactProbe(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.fits = list(state_dict["fits"])
+
+
+def exact_probe(schedule, phases, head, source, serving, seed: int) -> ExactProbe | None:
+    """The ExactProbe callback where a phase of ``schedule`` asks for it (schedule.probe=exact), on a linear head:
+    fitted on the frozen backbone's features (through ``serving``) of ``source``'s train split, without
+    augmentation."""
+    from transferlab.errors import ConfigError
+    from transferlab.heads import LinearHead
+
+    if not any(p.probe == "exact" for p in schedule.phases):
+        return None
+    if not isinstance(head, LinearHead):
+        raise ConfigError(
+            f"schedule.probe=exact: fits a linear head, not {type(head).__name__}; use head=linear or schedule.probe=sgd"
+        )
+
+    def train_features():
+        train = source.eval_view("train")
+        return serving.features("train", train, source.eval_loader(train)), train.labels
+
+    return ExactProbe(head.fc, source.num_classes, phases.probe_at, phases.phase_start, train_features, seed)

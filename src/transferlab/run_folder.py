@@ -212,3 +212,22 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (tuple, set, Path)):
         return list(value) if not isinstance(value, Path) else str(value)
     return str(value)
+
+
+def versions() -> dict[str, str]:
+    """The versions summary.json records."""
+    import platform
+
+    import pytorch_lightning
+    import timm
+    import torch
+
+    import transferlab
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": pytorch_lightning.__version__,
+        "timm": timm.__version__,
+        "transferlab": transferlab.__version__,
+    }

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from transferlab.cli import cli_main, conf_dir, instantiate, job_overrides, run_task
 from transferlab.config import check_accelerator, validate
 from transferlab.errors import ConfigError
-from transferlab.run_folder import CHECKPOINTS, claim, locked, recorded, write_summary
+from transferlab.run_folder import CHECKPOINTS, claim, locked, recorded, versions, write_summary
 
 log = logging.getLogger("transferlab")
 
@@ -82,11 +82,12 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
     """The run's parts: backbone, schedule and its PhaseControl, the FeatureServing, the data (a TargetData
     around the source where ``data.target`` names a target), head, module and exact probe. The one place that
     chooses domain adaptation (``adapt``)."""
-    from transferlab.adapt_module import DomainAdaptationModule
+    from transferlab.adapt_module import DomainAdaptationModule, build_adaptation
     from transferlab.data.target import TargetData, split_options
     from transferlab.feature_serving import FeatureServing
     from transferlab.module import TransferModule
     from transferlab.phase_control import PhaseControl
+    from transferlab.probe import exact_probe
 
     backbone = instantiate(cfg.backbone)
     groups = len(backbone.layer_groups)
@@ -112,64 +113,20 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
     if target is None:
         module = TransferModule(backbone, head, **module_options)
     else:
-        adaptation = _adaptation(cfg, schedule, phases, head, source.num_classes)
+        factory = instantiate(cfg.adapt) if cfg.get("adapt") else None
+        adaptation = build_adaptation(factory, schedule, phases, head, source.num_classes, cfg.trainer.max_epochs)
         score_target = target.labelled
         module = DomainAdaptationModule(
             backbone, head, adaptation=adaptation, score_target=score_target, **module_options
         )
-    probe = _exact_probe(schedule, phases, head, source, serving, cfg.seed)
+    probe = exact_probe(schedule, phases, head, source, serving, cfg.seed)
     parts = {"backbone": backbone, "phases": phases, "serving": serving, "source": source, "target": target}
     return {**parts, "data": target or source, "module": module, "probe": probe}
-
-
-def _adaptation(cfg: DictConfig, schedule, phases, head, num_classes: int):
-    """The DomainAdaptation of ``cfg.adapt`` on what the head's classifier reads; None without one. An adapter
-    with nothing it can move is a ConfigError: adversarial methods adapt the features (a trained backbone or the
-    head's hidden layer), MCC the classifier too."""
-    if not cfg.get("adapt"):
-        return None
-    adaptation = instantiate(cfg.adapt)(in_features=head.fc.in_features, num_classes=num_classes)
-    epochs = range(int(cfg.trainer.max_epochs))
-    features_train = any(not phases.backbone_frozen(e) for e in epochs) or any(
-        p.requires_grad for p in head.hidden.parameters()
-    )
-    classifier_trains = features_train or any(p.probe != "exact" for p in schedule.phases)
-    if adaptation.adversarial is not None and not features_train:
-        option, why = f"adapt.adversarial={adaptation.adversarial_method}", ""
-    elif not classifier_trains:
-        option, why = f"adapt.mcc_weight={adaptation.mcc_weight}", " and the exact probe fits the classifier"
-    else:
-        return adaptation
-    raise ConfigError(
-        f"{option}: nothing to adapt: the schedule freezes the whole backbone and the head has no hidden layer{why}; "
-        "use head=mlp (its hidden layer is then the adapted feature) or a schedule that trains the backbone "
-        "(e.g. schedule=full)"
-    )
 
 
 def trainer_config(cfg: DictConfig) -> dict[str, Any]:
     """``cfg.trainer`` as the Trainer takes it: without transferlab's own option ``compile``."""
     return {k: v for k, v in cfg.trainer.items() if k != "compile"}
-
-
-def _exact_probe(schedule, phases, head, source, serving, seed: int):
-    """The ExactProbe callback where a phase asks for it (schedule.probe=exact), on a linear head: fitted on the
-    frozen backbone's features of the train split, without augmentation."""
-    from transferlab.heads import LinearHead
-    from transferlab.probe import ExactProbe
-
-    if not any(p.probe == "exact" for p in schedule.phases):
-        return None
-    if not isinstance(head, LinearHead):
-        raise ConfigError(
-            f"schedule.probe=exact: fits a linear head, not {type(head).__name__}; use head=linear or schedule.probe=sgd"
-        )
-
-    def train_features():
-        train = source.eval_view("train")
-        return serving.features("train", train, source.eval_loader(train)), train.labels
-
-    return ExactProbe(head.fc, source.num_classes, phases.probe_at, phases.phase_start, train_features, seed)
 
 
 def _fit_and_test(cfg, run_dir: Path, trainer, parts: dict[str, Any], history, loggers) -> dict[str, Any]:
@@ -224,7 +181,7 @@ def _summary(cfg, run_dir: Path, trainer, parts: dict[str, Any], rows: list[dict
         "layer_groups": [g.name for g in module.layer_groups],
         "epochs": len(rows),
         "final": rows[-1] if rows else {},
-        "versions": _versions(),
+        "versions": versions(),
     }
     best = _best_row(rows, cfg.monitor, cfg.monitor_mode)
     if best:
@@ -278,24 +235,6 @@ def _best_row(history: list[dict], monitor: str, mode: str) -> dict | None:
         return None
     pick = max if mode == "max" else min
     return pick(rows, key=lambda r: r[monitor])
-
-
-def _versions() -> dict[str, str]:
-    import platform
-
-    import pytorch_lightning
-    import timm
-    import torch
-
-    import transferlab
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": pytorch_lightning.__version__,
-        "timm": timm.__version__,
-        "transferlab": transferlab.__version__,
-    }
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")

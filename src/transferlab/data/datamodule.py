@@ -10,15 +10,15 @@ import pytorch_lightning as pl
 from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset
 
-from transferlab.data import images, sources
+from transferlab.data import digits, images, sources
 from transferlab.data.options import check_digit_classes, check_options
 from transferlab.data.sampling import CycleShuffle, EpochShuffle
 from transferlab.errors import ConfigError
 from transferlab.features import FeatureDataset
 
 DIGIT_SOURCES = {  # built in: (classes, photos) -> (split, class names)
-    "digits": lambda classes, photos: sources.load_digits(classes),
-    "digits_m": sources.load_digits_m,
+    "digits": lambda classes, photos: digits.load_digits(classes),
+    "digits_m": digits.load_digits_m,
 }
 
 if TYPE_CHECKING:
@@ -83,19 +83,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.inputs = (inputs or ImageInputs()).override(**{k: v for k, v in overrides.items() if v is not None})
 
         # Listing is cheap and catches layout mistakes before any model is built.
-        if source in DIGIT_SOURCES:
-            if root is not None:
-                raise ConfigError(f"data.root={root} is set but data.source={source}; add data.source=folder")
-            digits, self.class_names = DIGIT_SOURCES[source](check_digit_classes(classes), photos)
-            self._raw = {"all": digits}
-        else:
-            if root is None:
-                raise ConfigError("data.root is required with data.source=folder; set data.root=PATH/TO/IMAGES")
-            if classes is not None:
-                raise ConfigError(
-                    "data.classes selects digits and only applies to data.source=digits; remove data.classes"
-                )
-            self._raw, self.class_names = sources.scan_folder(root)
+        self._raw, self.class_names = _list_source(source, root, classes, photos)
         self.num_classes = len(self.class_names)
         self._datasets: dict[str, sources.LabeledImages] = {}
 
@@ -213,24 +201,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         return self.features.active()
 
     def make_splits(self, raw: dict[str, sources.Split]) -> dict[str, sources.Split]:
-        """Stratified val/test splits where the source has none; the test split is cut first so that it stays
-        the same when only data.val_fraction changes."""
-        seed = self.split_seed
-        if "all" in raw:  # digits, or a folder of class folders
-            rest, splits = raw["all"], {}
-            if self.test_fraction > 0:
-                rest, splits["test"] = sources.split_off(rest, self.test_fraction, seed, "data.test_fraction")
-            # val_fraction is of all images, so rescale it to what is left after the test split.
-            val_share = self.val_fraction / (1 - self.test_fraction)
-            splits["train"], splits["val"] = sources.split_off(rest, val_share, seed, "data.val_fraction")
-            return splits
-        splits = dict(raw)
-        if "test" not in splits and self.test_fraction > 0:
-            # A train/ + val/ tree without test/: data.test_fraction carves the test split out of train/.
-            splits["train"], splits["test"] = sources.split_off(
-                splits["train"], self.test_fraction, seed, "data.test_fraction"
-            )
-        return splits
+        """``raw`` split by this module's data.val_fraction, data.test_fraction and data.split_seed."""
+        return sources.make_splits(raw, self.val_fraction, self.test_fraction, self.split_seed)
 
     def readable(
         self, raw: dict[str, sources.Split], option: str, root, folder: bool, prefix: str = ""
@@ -264,3 +236,17 @@ class ClassificationDataModule(pl.LightningDataModule):
                     f"{subject}: class folder '{class_name}'{where} has no readable images; remove it or add images"
                 )
         return kept
+
+
+def _list_source(source: str, root: str | None, classes, photos) -> tuple[dict[str, sources.Split], list[str]]:
+    """The source's images (not decoded) by split, and its class names."""
+    if source in DIGIT_SOURCES:
+        if root is not None:
+            raise ConfigError(f"data.root={root} is set but data.source={source}; add data.source=folder")
+        split, class_names = DIGIT_SOURCES[source](check_digit_classes(classes), photos)
+        return {"all": split}, class_names
+    if root is None:
+        raise ConfigError("data.root is required with data.source=folder; set data.root=PATH/TO/IMAGES")
+    if classes is not None:
+        raise ConfigError("data.classes selects digits and only applies to data.source=digits; remove data.classes")
+    return sources.scan_folder(root)
