@@ -126,7 +126,7 @@ def plain_epochs(cfg, out: Path) -> list[Epoch]:
     torch.manual_seed(cfg.seed)
     backbone = instantiate(cfg.backbone)  # the same timm model: resnet18 without its classifier
     options, _, _ = split_options(OmegaConf.to_container(cfg.data, resolve=True))
-    data = instantiate(options, _partial_=True)(inputs=backbone.inputs)
+    data = instantiate(options, inputs=backbone.inputs)
     model = nn.Sequential(backbone.model, nn.Linear(backbone.num_features, data.num_classes))
     # No weight decay on biases and norm weights, as transferlab's groups (timm's rule).
     groups = param_groups_weight_decay(model, cfg.optimizer.weight_decay)

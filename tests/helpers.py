@@ -15,13 +15,15 @@ class StopAfterEpoch(pl.Callback):
 
 
 class RecordLr(pl.Callback):
-    """Writes [global step, epoch, lr of every optimizer group] at each optimizer step to a JSON file."""
+    """Writes [global step, epoch, {group name: [layer group, lr, weight decay]}] at each optimizer step to a JSON
+    file."""
 
     def __init__(self, path: str):
         self.path, self.rows = path, []
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self.rows.append([trainer.global_step, trainer.current_epoch, [g["lr"] for g in optimizer.param_groups]])
+        groups = {g["name"]: [g["layer_group"], g["lr"], g["weight_decay"]] for g in optimizer.param_groups}
+        self.rows.append([trainer.global_step, trainer.current_epoch, groups])
 
     def on_train_end(self, trainer, pl_module):
         import json

@@ -57,8 +57,8 @@ def _backbones(shared_data):
 
 def test_the_exact_probe_matches_scikit_learn_on_real_features(shared_data):
     for name, backbone in _backbones(shared_data):
-        train_x, train_y = _features(shared_data, backbone.model, backbone.data_config, "train")
-        val_x, val_y = _features(shared_data, backbone.model, backbone.data_config, "val")
+        train_x, train_y = _features(shared_data, backbone.model, backbone.inputs.data_config, "train")
+        val_x, val_y = _features(shared_data, backbone.model, backbone.inputs.data_config, "val")
         record, (weight, bias) = fit_probe(train_x, train_y, num_classes=2)
         ours = (predict(weight, bias, val_x) == val_y).mean()
         theirs = (_sklearn_probe(train_x, train_y, val_x) == val_y).mean()

@@ -104,10 +104,16 @@ def test_every_group_lr_is_base_times_scale_times_schedule(make_cfg, tmp_path, s
     rows = json.loads(record.read_text())
     schedule = preset("lp_ft", probe_epochs=1, layer_decay=0.5, backbone_lr_mult=0.5, num_groups=5)
     total = len(rows)
-    for step, epoch, lrs in rows:
+    names = [*summary["layer_groups"], "head"]
+    for step, epoch, groups in rows:
         factor = _cosine(step, total, 3) if scheduler == "cosine" else (0.1 if step >= int(0.5 * total) else 1.0)
-        scales = schedule.phases[schedule.phase_index(epoch)].lr_scales(5)
-        assert lrs == pytest.approx([0.01 * s * factor for s in scales], rel=1e-9), (step, epoch)
+        scales = dict(zip(names, schedule.phases[schedule.phase_index(epoch)].lr_scales(5)))
+        # Each layer group is two optimizer groups at one lr: its weights decay, its biases and norm weights not.
+        assert {layer for layer, _, _ in groups.values()} == set(names)
+        assert set(groups) == {*names, *(f"{n}.no_decay" for n in names)}
+        for name, (layer, lr, weight_decay) in groups.items():
+            assert lr == pytest.approx(0.01 * scales[layer] * factor, rel=1e-9), (step, epoch, name)
+            assert weight_decay == (0.0 if name.endswith(".no_decay") else 0.01), name
     assert [p["freeze_depth"] for p in summary["phases"]] == [5, 0]
     assert [p["start_epoch"] for p in summary["phases"]] == [0, 1]
 

@@ -262,8 +262,8 @@ def test_use_from_python_as_the_readme_shows(tmp_path):
     from transferlab.schedules import preset
 
     pl.seed_everything(0)
-    backbone = create_backbone("test_resnet")
-    phases = PhaseControl(preset("lp_ft", probe_epochs=1, ft_lr_mult=0.1), backbone.model, backbone.layer_groups)
+    backbone = create_backbone("test_convnext")  # no BatchNorm: two epochs from scratch learn the digits
+    phases = PhaseControl(preset("lp_ft", probe_epochs=1, ft_lr_mult=1.0), backbone.model, backbone.layer_groups)
     serving = FeatureServing(backbone, tmp_path / "cache", phases.backbone_frozen)
     data = ClassificationDataModule(classes=[0, 1, 2], input_size=32, inputs=backbone.inputs, features=serving)
     head = LinearHead(backbone.num_features, data.num_classes)
@@ -283,7 +283,7 @@ def test_use_from_python_as_the_readme_shows(tmp_path):
         enable_progress_bar=False, accelerator="cpu", devices=1,
     )  # fmt: skip
     trainer.fit(module, datamodule=data)
-    assert [(e["epoch"], e["split"]) for e in serving.served] == [(0, "train"), (0, "val")]
+    assert sorted((e["epoch"], e["split"]) for e in serving.served) == [(0, "train"), (0, "val")]
     after_probe, after_fine_tuning = snapshot.backbones
     assert all(torch.equal(start[k], after_probe[k]) for k in start)  # the probe epoch ran on features
     assert any(not torch.equal(start[k], after_fine_tuning[k]) for k in start)

@@ -109,24 +109,37 @@ def unwritable(error: BaseException) -> str | None:
 
 def instantiate(config, *args, **kwargs):
     """``hydra.utils.instantiate`` that lets our one-line ConfigError through instead of Hydra's wrapper, and makes
-    a target that refuses its arguments (an unknown or mistyped option) one line that names the config node."""
+    a target that refuses its arguments (an unknown or mistyped option) one line that names the config node.
+    ``args`` and ``kwargs`` reach the target as they are (Hydra would turn a dataclass into a config node)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 
     try:
-        return hydra_instantiate(config, *args, **kwargs)
+        if not args and not kwargs:
+            return hydra_instantiate(config)
+        factory = hydra_instantiate(config, _partial_=True)
     except InstantiationException as e:
         cause = e.__cause__
         while isinstance(cause, InstantiationException):  # nested targets, e.g. a custom backbone's model
             cause = cause.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        target = config.get("_target_") if hasattr(config, "get") else None
-        if isinstance(cause, (TypeError, ValueError)) or cause is None:
-            node = _node_name(config)
-            reason = first_line(cause or e)
-            raise ConfigError(f"{node}: {target} refused its options ({reason}); check the {node}. options") from None
+        _refused(config, cause, e)
         raise
+    try:
+        return factory(*args, **kwargs)
+    except (TypeError, ValueError) as e:
+        _refused(config, e, e)
+        raise
+
+
+def _refused(config, cause: BaseException | None, error: BaseException) -> None:
+    """Raise the one-line error for a target that failed on its options; return for anything else."""
+    if isinstance(cause, ConfigError):
+        raise cause from None
+    if isinstance(cause, (TypeError, ValueError)) or cause is None:
+        target = config.get("_target_") if hasattr(config, "get") else None
+        node = _node_name(config)
+        reason = first_line(cause or error)
+        raise ConfigError(f"{node}: {target} refused its options ({reason}); check the {node}. options") from None
 
 
 def _node_name(config) -> str:

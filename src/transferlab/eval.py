@@ -70,7 +70,7 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "augment": "none",  # so that split=train is scored with the eval transform too
         "output_dir": str(run_dir),  # where the data module lists skipped bad files
     }
-    datamodule = instantiate(data, _partial_=True)(inputs=module.inputs)
+    datamodule = instantiate(data, inputs=module.inputs)
     if datamodule.class_names != module.class_names:
         raise ConfigError(
             f"data: the classes {datamodule.class_names} differ from the checkpoint's {module.class_names}; "

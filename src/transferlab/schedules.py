@@ -170,12 +170,8 @@ def preset(
         return Schedule((Phase(**{**common, "freeze_depth": "all", "probe": probe}),))
     if name == "lp_ft":
         first = Phase(**{**common, "epochs": probe_epochs, "freeze_depth": "all", "probe": probe})
-        scaled = {
-            **common,
-            "backbone_lr_mult": backbone_lr_mult * ft_lr_mult,
-            "head_lr_mult": head_lr_mult * ft_lr_mult,
-        }
-        return Schedule((first, Phase(**scaled)))
+        lrs = {"backbone_lr_mult": backbone_lr_mult * ft_lr_mult, "head_lr_mult": head_lr_mult * ft_lr_mult}
+        return Schedule((first, Phase(**{**common, **lrs})))
     if name == "phases":
         return Schedule(tuple(Phase(**{**common, **p}) for p in phases or ()))
     if name == "gradual":

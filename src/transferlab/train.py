@@ -93,9 +93,9 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
     groups = len(backbone.layer_groups)
     schedule = instantiate(cfg.schedule, num_groups=groups, max_epochs=cfg.trainer.get("max_epochs"))
     phases = PhaseControl(schedule, backbone.model, backbone.layer_groups)
-    options, target_options, feature_cache = split_options(OmegaConf.to_container(cfg.data, resolve=True))
+    options, target_options, feature_cache = split_options(cfg.data)
     serving = FeatureServing(backbone, feature_cache, phases.backbone_frozen)
-    source = instantiate(options, _partial_=True)(inputs=backbone.inputs, features=serving)  # objects, not configs
+    source = instantiate(options, inputs=backbone.inputs, features=serving)
     target = None
     if target_options is not None:
         target = TargetData(source, target_options, adaptation_batches=bool(cfg.get("adapt")))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -14,12 +17,17 @@ from transferlab.data.options import check_digit_classes, check_target
 from transferlab.errors import ConfigError
 
 
-def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
-    """The ``data.`` options as (the source data module's, ``data.target`` when it names a target, else None,
-    ``data.feature_cache``): the target wraps the source module, the cache is the feature server's."""
-    options = dict(options)
-    target = options.pop("target", None) or {}
-    feature_cache = options.pop("feature_cache", None)
+def split_options(options: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, Any] | None, str | None]:
+    """The ``data.`` options (a dict or the config node, whose name errors keep) as (the source data module's,
+    ``data.target`` when it names a target, else None, ``data.feature_cache``): the target wraps the source
+    module, the cache is the feature server's."""
+    from omegaconf import OmegaConf, open_dict
+
+    options = copy.copy(options)
+    with open_dict(options) if OmegaConf.is_config(options) else contextlib.nullcontext():
+        target = options.pop("target", None) or {}
+        feature_cache = options.pop("feature_cache", None)
+    target = OmegaConf.to_container(target, resolve=True) if OmegaConf.is_config(target) else dict(target)
     named = target.get("root") is not None or target.get("source") in DIGIT_SOURCES
     return options, (target if named else None), feature_cache
 
