@@ -1,26 +1,11 @@
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from transferlab.cli import conf_dir
+from helpers import TINY, compose_config
 
 SHARED_ENV = "TRANSFERLAB_SHARED_DATA"
-BIN = Path(sys.executable).parent  # the console scripts of this environment
-# A run small enough for a unit test: a 0.4M-parameter timm test model, 3 digit classes at 32 px, one epoch.
-TINY = [
-    "backbone.name=test_resnet",
-    "data.classes=[0,1,2]",
-    "data.input_size=32",
-    "trainer.max_epochs=1",
-    "trainer.accelerator=cpu",
-    "trainer.devices=1",
-    "logger=none",
-]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -38,13 +23,6 @@ def shared_data() -> Path:
     if not root or not Path(root).is_dir():
         pytest.skip(f"{SHARED_ENV} is not set to the shared data folder (../shared/data)")
     return Path(root)
-
-
-def compose_config(*overrides: str, config_name: str = "train"):
-    """Compose a config as the CLI would (real Hydra); pass paths.output_dir, which the CLI takes from Hydra."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(conf_dir(), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
 
 
 @pytest.fixture
@@ -67,9 +45,3 @@ def trained_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     train(compose_config(*TINY, "backbone.name=test_convnext", "trainer.max_epochs=2", f"paths.output_dir={run_dir}"))
     return run_dir
-
-
-def run_cli(command: str, *args, **kwargs) -> subprocess.CompletedProcess:
-    """Run a console script of this environment (transferlab-train, -eval, -predict, -report) with ``args``;
-    the result has its exit code and its stdout and stderr as text."""
-    return subprocess.run([BIN / command, *map(str, args)], capture_output=True, text=True, **kwargs)

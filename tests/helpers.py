@@ -1,6 +1,118 @@
-"""Test-only Lightning callbacks, added to runs through config (+callbacks.NAME._target_=helpers.X)."""
+"""What the tests share: the tiny run's overrides, config composition, CLI runs, reading run folders and W&B
+logs, and test-only Lightning callbacks (added to runs through config: +callbacks.NAME._target_=helpers.X)."""
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from transferlab.cli import conf_dir
+
+BIN = Path(sys.executable).parent  # the console scripts of this environment
+# A run small enough for a unit test: a 0.4M-parameter timm test model, 3 digit classes at 32 px, one epoch.
+TINY = [
+    "backbone.name=test_resnet",
+    "data.classes=[0,1,2]",
+    "data.input_size=32",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "logger=none",
+]
+
+
+def compose_config(*overrides: str, config_name: str = "train"):
+    """Compose a config as the CLI would (real Hydra); pass paths.output_dir, which the CLI takes from Hydra."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+def run_cli(command: str, *args, **kwargs) -> subprocess.CompletedProcess:
+    """Run a console script of this environment (transferlab-train, -eval, -predict, -report) with ``args``;
+    the result has its exit code and its stdout and stderr as text."""
+    return subprocess.run([BIN / command, *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+def read_summary(run: Path) -> dict:
+    """A run folder's summary.json."""
+    return json.loads((run / "summary.json").read_text())
+
+
+def completed(summary: dict) -> bool:
+    """Whether the run folder of ``summary`` (what an in-process train() returned) says on disk that it completed."""
+    return read_summary(Path(summary["run_dir"]))["status"] == "completed"
+
+
+def checkpoint_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def initial_backbone(cfg) -> dict[str, torch.Tensor]:
+    """The backbone's tensors as a run of ``cfg`` starts (its seed), keyed as in the model's state dict."""
+    from hydra.utils import instantiate
+
+    torch.manual_seed(cfg.seed)
+    return {k: v.clone() for k, v in instantiate(cfg.backbone).model.state_dict().items()}
+
+
+# --- W&B's offline log ---------------------------------------------------------------------------------
+
+
+def read_records(path: Path):
+    """Decode a .wandb file: wandb's LevelDB-style log (7-byte file header, 32 KiB blocks, 7-byte chunk
+    headers: crc32, length, type) of ``wandb_internal_pb2.Record`` messages."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):  # FULL or LAST: one whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def _key(item) -> str:
+    return item.key or ".".join(item.nested_key)
+
+
+def run_records(job_dir: Path) -> dict:
+    (log,) = job_dir.glob("wandb/offline-run-*/run-*.wandb")
+    out = {"config": {}, "summary": {}, "history_keys": set(), "files": []}
+    for record in read_records(log):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out["group"], out["name"], out["id"] = record.run.run_group, record.run.display_name, record.run.run_id
+        elif kind == "config":
+            out["config"].update({_key(item): json.loads(item.value_json) for item in record.config.update})
+        elif kind == "summary":
+            out["summary"].update({_key(item): json.loads(item.value_json) for item in record.summary.update})
+        elif kind == "history":
+            out["history_keys"].update(_key(item) for item in record.history.item)
+        elif kind == "files":
+            out["files"] += [f.path for f in record.files.files]
+        elif kind == "exit":
+            out["exit_code"] = record.exit.exit_code
+    return out
+
+
+# --- callbacks ------------------------------------------------------------------------------------------
 
 
 class StopAfterEpoch(pl.Callback):

@@ -19,7 +19,7 @@ from transferlab.errors import ConfigError
 from transferlab.module import load_module
 from transferlab.train import train
 
-from conftest import TINY, run_cli
+from helpers import TINY, completed, run_cli
 
 DA = ["data=digits_m", "test=false"]
 
@@ -115,6 +115,7 @@ def folders(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_each_method_trains_on_digits_m_in_a_sweep_and_the_report_shows_target_accuracy(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
@@ -165,7 +166,7 @@ def test_two_folders_labelled_target_and_selection_on_target_labels(make_cfg, fo
     summary = _folder_run(
         make_cfg, folders, "digits_m", "data.test_fraction=0.2", f"adapt={method}", "monitor=target/acc"
     )
-    assert summary["status"] == "completed"
+    assert completed(summary)
     assert summary["model_selection"] == {"monitor": "target/acc", "on_target_labels": True}
     assert summary["target"]["labelled"] and summary["target"]["root"] == str(folders / "digits_m")
     assert "target/acc" in summary["test"] and summary["best"]["target/acc"] == summary["final"]["target/acc"]
@@ -215,6 +216,7 @@ def test_resume_mid_ramp_ends_with_the_same_weights(make_cfg, tmp_path):
     assert torch.equal(model.head.fc.weight, straight["head.fc.weight"])
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_adapt_in_step(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     weights = tmp_path / "weights"
@@ -241,6 +243,7 @@ def test_ddp_two_processes_adapt_in_step(tmp_path):
     assert summary["status"] == "completed" and summary["adaptation"]["methods"] == ["cdan"]
 
 
+@pytest.mark.slow
 def test_target_folder_errors_are_one_line(make_cfg, tmp_path):
     (tmp_path / "empty").mkdir()
     broken = tmp_path / "broken"
@@ -285,8 +288,9 @@ def test_target_datamodule_splits_a_labelled_folder_like_the_source(folders):
     ]  # the same digits, so no target test digit was trained on
 
 
+@pytest.mark.slow
 def test_wandb_gets_target_and_adaptation_metrics(tmp_path):
-    from test_wandb import _run_records
+    from helpers import run_records
 
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
     env["HOME"] = str(tmp_path)  # no credentials: offline by itself
@@ -295,7 +299,7 @@ def test_wandb_gets_target_and_adaptation_metrics(tmp_path):
         "transferlab-train", *TINY, "logger=[csv,wandb]", "data=digits_m", "adapt=dann", f"hydra.run.dir={run}", env=env
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    records = _run_records(run)
+    records = run_records(run)
     assert records["config"]["adapt"]["adversarial"] == "dann"
     assert {"target/acc", "adapt/lambda_epoch", "lr-AdamW/discriminator"} <= records["history_keys"]
     summary = json.loads((run / "summary.json").read_text())

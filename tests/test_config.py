@@ -10,7 +10,7 @@ from transferlab.config import validate
 from transferlab.errors import ConfigError
 from transferlab.overrides import check_group_choices
 
-from conftest import compose_config, run_cli
+from helpers import compose_config, run_cli
 
 CONF = Path(conf_dir())
 # Options that need a value the user must give.
@@ -113,6 +113,7 @@ def test_unknown_group_option_is_one_line():
     check_group_choices(["schedule=full,frozen", "logger=[csv,wandb]", "optimizer.lr=1"], CONF)
 
 
+@pytest.mark.slow
 def test_cli_prints_config_and_help():
     job = run_cli("transferlab-train", "--cfg", "job", "backbone.name=convnext_atto", check=True)
     assert "name: convnext_atto" in job.stdout and "_target_: transferlab.backbones.create_backbone" in job.stdout
@@ -121,6 +122,7 @@ def test_cli_prints_config_and_help():
         assert f"{group}:" in help_text
 
 
+@pytest.mark.slow
 def test_cli_unknown_option_exits_with_one_line(tmp_path):
     result = run_cli("transferlab-train", "head=conv", f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 2

@@ -16,7 +16,7 @@ from transferlab.eval import evaluate
 from transferlab.module import load_module
 from transferlab.predict import predict
 
-from conftest import compose_config, run_cli
+from helpers import compose_config, run_cli
 
 
 def _eval_cfg(trained_run: Path, out: Path, *overrides: str):
@@ -140,6 +140,7 @@ def test_predict_errors(trained_run, tmp_path):
     assert not (tmp_path / "run/predictions.csv").exists()
 
 
+@pytest.mark.slow
 def test_cli_eval_and_predict(trained_run, tmp_path):
     _digit_pngs(tmp_path / "images", count=4)
     ckpt = trained_run / "checkpoints/best.ckpt"

@@ -16,10 +16,12 @@ from transferlab.data.sources import LabeledImages, Split
 from transferlab.module import load_module
 from transferlab.train import train
 
+from helpers import completed
+
 
 def run(make_cfg, cache: Path, *overrides: str, name: str = "run") -> dict:
     summary = train(make_cfg(f"data.feature_cache={cache}", *overrides, run=name))
-    assert summary["status"] == "completed", summary.get("error")
+    assert completed(summary), summary.get("error")
     return summary
 
 
@@ -135,6 +137,7 @@ def _writer(path: str, log: str, barrier) -> str:
     return features.entry_key(np.asarray(values).tobytes().hex())
 
 
+@pytest.mark.slow
 def test_concurrent_writers_compute_once_and_read_the_whole_entry(tmp_path):
     path, log = tmp_path / "entry.npy", tmp_path / "computed.log"
     ctx = multiprocessing.get_context("spawn")

@@ -14,6 +14,8 @@ from transferlab.errors import ConfigError
 from transferlab.heads import LinearHead, MLPHead
 from transferlab.train import train
 
+from helpers import completed
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -32,6 +34,7 @@ def test_head_shapes_and_options():
 def test_binary_mlp_head_with_label_smoothing_trains(make_cfg):
     summary = train(
         make_cfg(
+            "backbone.name=test_convnext",  # no BatchNorm: a 2-epoch run from scratch generalises
             "head=mlp",
             "head.binary=true",
             "head.hidden_sizes=[32]",
@@ -40,8 +43,8 @@ def test_binary_mlp_head_with_label_smoothing_trains(make_cfg):
             "trainer.max_epochs=2",
         )
     )
-    assert summary["status"] == "completed" and summary["class_names"] == ["0", "1"]
-    assert 0 <= summary["test"]["test/acc"] <= 1
+    assert completed(summary) and summary["class_names"] == ["0", "1"]
+    assert summary["test"]["test/acc"] > 0.9  # two digits, one logit: chance is 0.5
 
 
 def test_label_smoothing_reaches_the_loss(make_cfg):
@@ -59,15 +62,17 @@ def test_label_smoothing_reaches_the_loss(make_cfg):
 def test_bf16_mixed_precision_on_cpu(make_cfg):
     summary = train(
         make_cfg(
+            "backbone.name=test_convnext",
             "trainer.precision=bf16-mixed",
             "test=false",
             "trainer.accumulate_grad_batches=2",
             "trainer.gradient_clip_val=1.0",
         )
     )
-    assert summary["status"] == "completed" and summary["final"]["train/loss"] > 0
+    assert summary["final"]["val/acc"] > 0.8  # one bf16 epoch learns 3 digits (chance: 0.33)
 
 
+@pytest.mark.slow
 def test_quickstart_at_reduced_size(tmp_path):
     """The README's quickstart script, one epoch per run: three target runs that share the source backbone."""
     env = {

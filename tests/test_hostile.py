@@ -5,7 +5,6 @@ real processes and signals."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import signal
@@ -26,7 +25,7 @@ from transferlab.errors import ConfigError
 from transferlab.sweep_results import load_trials
 from transferlab.train import train
 
-from conftest import BIN, TINY, run_cli
+from helpers import BIN, TINY, completed, read_summary, run_cli
 
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -37,10 +36,6 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
     return errors[0]
-
-
-def _summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
 
 
 # --- images ---------------------------------------------------------------------------------------------------------
@@ -104,6 +99,7 @@ def _photo(path: Path, seed: int, size=(64, 48)) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_a_truncated_jpeg_is_screened_out_of_training_and_prediction(trained_run, tmp_path):
     root = tmp_path / "photos"
     for c in ("cat", "dog"):
@@ -134,6 +130,7 @@ def test_a_truncated_jpeg_is_screened_out_of_training_and_prediction(trained_run
 # --- config ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "option"),
     [
@@ -173,6 +170,7 @@ def test_weights_whose_every_tensor_has_the_wrong_shape_are_an_error(make_cfg, t
         train(make_cfg(f"backbone.weights={tmp_path}/wrong.safetensors"))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_is_truncated_or_of_another_model_is_one_line(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints/best.ckpt"
     cut = tmp_path / "cut.ckpt"
@@ -212,6 +210,7 @@ def _wait_for_epoch(run: Path, cli: subprocess.Popen) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_ends_the_run_as_interrupted_with_its_exit_status(tmp_path, signum, code):
     run = tmp_path / "run"
@@ -220,19 +219,20 @@ def test_a_signal_ends_the_run_as_interrupted_with_its_exit_status(tmp_path, sig
     cli.send_signal(signum)
     _, err = cli.communicate(timeout=120)
     assert cli.returncode == code, err[-2000:]
-    summary = _summary(run)
+    summary = read_summary(run)
     assert summary["status"] == "interrupted" and summary["reason"] == signal.Signals(signum).name
     assert "Traceback" not in err
     assert not [p for p in run.rglob("*") if ".partial" in p.name or p.name.startswith(".summary.json.")]
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_dead_in_the_report_and_its_folder_is_not_reused_by_accident(tmp_path):
     sweep = tmp_path / "sweep"
     cli = _start(sweep / "0")
     _wait_for_epoch(sweep / "0", cli)
     cli.kill()
     cli.wait()
-    assert _summary(sweep / "0")["status"] == "running"  # kill -9 leaves no word
+    assert read_summary(sweep / "0")["status"] == "running"  # kill -9 leaves no word
     assert [t.status for t in load_trials(sweep)] == ["dead"]
     again = run_cli("transferlab-train", *TINY, f"hydra.run.dir={sweep}/0")
     assert "holds a dead train run" in _one_error_line(again)
@@ -251,23 +251,24 @@ def test_a_folder_belongs_to_one_run_and_a_finished_one_is_kept(make_cfg, tmp_pa
     with FileLock(str(run / ".lock")):  # as another live run holds it
         with pytest.raises(ConfigError, match=r"another run .* is using this folder"):
             train(make_cfg("test=false", "overwrite=true"))
-    assert train(make_cfg("test=false", "overwrite=true"))["status"] == "completed"
+    assert completed(train(make_cfg("test=false", "overwrite=true")))
 
 
-def test_a_moved_run_resumes_from_its_own_checkpoints_and_a_failed_resume_keeps_the_summary(make_cfg, tmp_path):
+def test_a_moved_run_resumes_from_its_own_checkpoints_and_a_failed_resume_keeps_theread_summary(make_cfg, tmp_path):
     train(make_cfg("trainer.max_epochs=2", run="old"))
     moved = tmp_path / "moved"
     shutil.move(tmp_path / "old", moved)
     summary = train(make_cfg("trainer.max_epochs=3", "ckpt_path=last", run="moved"))
-    assert summary["status"] == "completed" and summary["epochs"] == 3
+    assert completed(summary) and summary["epochs"] == 3
     assert summary["checkpoints"]["best"].startswith(str(moved)) and "test" in summary
 
-    completed = (moved / "summary.json").read_text()
+    finished = (moved / "summary.json").read_text()
     with pytest.raises(ConfigError, match=r"a checkpoint of another model"):
         train(make_cfg("trainer.max_epochs=4", "ckpt_path=last", "data.classes=[0,1]", run="moved"))
-    assert (moved / "summary.json").read_text() == completed
+    assert (moved / "summary.json").read_text() == finished
 
 
+@pytest.mark.slow
 def test_a_full_or_read_only_disk_is_one_line_and_leaves_no_temporary_files(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -308,6 +309,7 @@ def test_a_damaged_cache_entry_is_computed_again_and_an_unusable_cache_is_bypass
     assert third["status"] == "completed" and third["final"]["val/acc"] == first["final"]["val/acc"]
 
 
+@pytest.mark.slow
 def test_the_report_shows_a_malformed_trial_as_unreadable_and_goes_on(trained_run, tmp_path):
     sweep = tmp_path / "sweep"
     shutil.copytree(trained_run, sweep / "0")

@@ -10,6 +10,8 @@ import torch
 from transferlab.probe import C_GRID, fit_probe, predict
 from transferlab.train import train
 
+from helpers import completed
+
 
 def _features(shared_data, backbone, data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Eval-transform features of a hymenoptera split (the placeholder GIF included, as training sees it)."""
@@ -90,6 +92,6 @@ def test_the_sgd_probe_is_one_option_away_and_the_exact_one_needs_a_linear_head(
     from transferlab.errors import ConfigError
 
     sgd = train(make_cfg("schedule=frozen", "schedule.probe=sgd", "test=false", run="sgd"))
-    assert "probe" not in sgd and sgd["status"] == "completed"
+    assert "probe" not in sgd and completed(sgd)
     with pytest.raises(ConfigError, match=r"^schedule.probe=exact: fits a linear head"):
         train(make_cfg("schedule=frozen", "head=mlp", "test=false", run="mlp"))

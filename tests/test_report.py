@@ -13,7 +13,7 @@ import pytest
 from transferlab.report import load_trials, main, write_report
 from transferlab.run_folder import write_metrics, write_summary
 
-from conftest import run_cli
+from helpers import run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
 SWEEP_ARGS = [
@@ -229,6 +229,7 @@ def test_html_page_in_a_headless_browser(sweep, tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_cli(sweep, tmp_path):
     result = run_cli("transferlab-report", sweep, "--x", "schedule.freeze_depth", "--y", "optimizer.lr")
     assert result.returncode == 0, result.stderr

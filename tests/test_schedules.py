@@ -14,7 +14,7 @@ from transferlab.layer_groups import LayerGroup
 from transferlab.schedules import Phase, Schedule, preset
 from transferlab.train import train
 
-from conftest import TINY, run_cli
+from helpers import TINY, completed, initial_backbone, run_cli
 
 GROUPS = [LayerGroup(f"g{i}", (f"g{i}.w",)) for i in range(5)]  # test_resnet has 5: stem, layer1..layer4
 STEM, LAYER3, LAYER4 = "backbone.conv1.0.weight", "backbone.layer3.0.conv1.weight", "backbone.layer4.0.conv1.weight"
@@ -145,13 +145,6 @@ def _epoch_weights(folder: Path, rank: int, epoch: int) -> dict:
     return torch.load(folder / f"rank{rank}_epoch{epoch}.pt", weights_only=True)
 
 
-def _initial(cfg) -> dict:
-    from hydra.utils import instantiate
-
-    torch.manual_seed(cfg.seed)
-    return {f"backbone.{k}": v for k, v in instantiate(cfg.backbone).model.state_dict().items()}
-
-
 def test_gradual_unfreezing_trains_each_group_from_its_epoch(make_cfg, tmp_path):
     weights = tmp_path / "weights"
     cfg = make_cfg(
@@ -161,7 +154,7 @@ def test_gradual_unfreezing_trains_each_group_from_its_epoch(make_cfg, tmp_path)
         "+callbacks.save._target_=helpers.SaveEpochWeights",
         f"+callbacks.save.dirpath={weights}",
     )
-    initial = _initial(cfg)
+    initial = {f"backbone.{k}": v for k, v in initial_backbone(cfg).items()}
     summary = train(cfg)
     assert [(p["start_epoch"], p["freeze_depth"]) for p in summary["phases"]] == [(0, 5), (1, 4), (2, 3)]
     epochs = [_epoch_weights(weights, 0, e) for e in range(3)]
@@ -221,6 +214,7 @@ def test_layer_decay_lr_per_group_in_metrics(make_cfg, tmp_path):
     assert got == pytest.approx([0.01 * 0.5**k for k in (5, 4, 3, 2, 1, 0)])
 
 
+@pytest.mark.slow
 def test_torch_compile_trains_newly_unfrozen_layers(make_cfg, tmp_path):
     weights = tmp_path / "weights"
     cfg = make_cfg(
@@ -231,7 +225,7 @@ def test_torch_compile_trains_newly_unfrozen_layers(make_cfg, tmp_path):
         "+callbacks.save._target_=helpers.SaveEpochWeights",
         f"+callbacks.save.dirpath={weights}",
     )
-    initial = _initial(cfg)
+    initial = {f"backbone.{k}": v for k, v in initial_backbone(cfg).items()}
     train(cfg)
     epochs = [_epoch_weights(weights, 0, e) for e in range(2)]
     assert torch.equal(epochs[0][LAYER4], initial[LAYER4])
@@ -239,6 +233,7 @@ def test_torch_compile_trains_newly_unfrozen_layers(make_cfg, tmp_path):
     assert torch.equal(epochs[1][LAYER3], initial[LAYER3])
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_train_newly_unfrozen_layers_in_step(tmp_path):
     weights = tmp_path / "weights"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
@@ -264,5 +259,5 @@ def test_ddp_two_processes_train_newly_unfrozen_layers_in_step(tmp_path):
     assert not torch.equal(r0[LAYER4], first[LAYER4])  # unfrozen at epoch 1, trained under DDP
     assert torch.equal(r0[LAYER3], first[LAYER3])
     summary = json.loads((tmp_path / "run/summary.json").read_text())
-    assert summary["status"] == "completed" and len(summary["phases"]) == 2
+    assert completed(summary) and len(summary["phases"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "weights"]  # no extra run folders per rank

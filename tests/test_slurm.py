@@ -3,7 +3,6 @@
 Skipped where Debian's slurm-wlm and munge are not installed or we are not root; .ci/run installs them.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -13,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BIN, TINY, run_cli
+from helpers import BIN, TINY, read_summary, run_cli
+
+pytestmark = pytest.mark.slow  # real SLURM jobs and sweeps: subprocesses
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts/slurm_local.sh"
 pytestmark = pytest.mark.skipif(
@@ -45,10 +46,6 @@ def _start_when_requeued(job: str, env: dict, cli: subprocess.Popen) -> None:
         time.sleep(0.5)
 
 
-def _summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
-
-
 def _interrupted_trial(env: dict, sweep: Path, epochs: int, interrupt: list[str]) -> tuple[Path, str]:
     """A one-trial SLURM sweep; once it has a checkpoint, run ``interrupt + [job id]``, let the requeued job start
     and wait for it to finish. Returns the run folder and the job id."""
@@ -74,7 +71,7 @@ def _interrupted_trial(env: dict, sweep: Path, epochs: int, interrupt: list[str]
     while not (run / "checkpoints/last.ckpt").exists():
         assert time.time() < deadline and cli.poll() is None, "the job wrote no checkpoint"
         time.sleep(0.5)
-    job = _summary(run)["slurm_job_id"]
+    job = read_summary(run)["slurm_job_id"]
     subprocess.run([*interrupt, job], check=True, env=env)
     _start_when_requeued(job, env, cli)
     output, _ = cli.communicate(timeout=300)
@@ -94,7 +91,7 @@ def test_two_trial_sweep_runs_as_slurm_jobs(slurm, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    summaries = [_summary(sweep / job) for job in ("0", "1")]
+    summaries = [read_summary(sweep / job) for job in ("0", "1")]
     assert [s["status"] for s in summaries] == ["completed", "completed"]
     job_ids = {s["slurm_job_id"] for s in summaries}
     assert len(job_ids) == 2 and None not in job_ids  # one SLURM job per trial
@@ -102,7 +99,7 @@ def test_two_trial_sweep_runs_as_slurm_jobs(slurm, tmp_path):
 
 def test_requeued_job_resumes_from_its_last_checkpoint(slurm, tmp_path):
     run, job = _interrupted_trial(slurm, tmp_path / "sweep", epochs=6, interrupt=["scontrol", "requeue"])
-    summary = _summary(run)
+    summary = read_summary(run)
     assert summary["status"] == "completed" and summary["slurm_job_id"] == job
     assert summary["resumed_from"] == str(run / "checkpoints/last.ckpt")
     assert summary["epochs"] == 6  # the history came back with the checkpoint: every epoch counted once
@@ -126,7 +123,7 @@ def test_one_trial_as_two_tasks_with_ddp(slurm, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _summary(sweep / "0")["status"] == "completed"
+    assert read_summary(sweep / "0")["status"] == "completed"
     ranks = [torch.load(weights / f"rank{r}_epoch1.pt", weights_only=True) for r in (0, 1)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     first = torch.load(weights / "rank0_epoch0.pt", weights_only=True)
@@ -138,7 +135,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     """SIGUSR1, as SLURM sends it signal_delay_s before the time limit: Lightning saves hpc_ckpt_1.ckpt and
     requeues the job itself; the job starts again in its folder and resumes from that checkpoint."""
     run, job = _interrupted_trial(slurm, tmp_path / "sweep", epochs=8, interrupt=["scancel", "--signal=USR1"])
-    summary = _summary(run)
+    summary = read_summary(run)
     assert summary["status"] == "completed" and summary["slurm_job_id"] == job
     assert summary["resumed_from"] == str(run / "hpc_ckpt_1.ckpt")
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 7

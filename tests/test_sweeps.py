@@ -3,9 +3,12 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
-from conftest import TINY, run_cli
+from helpers import TINY, run_cli
+
+pytestmark = pytest.mark.slow  # sweeps: a Hydra multirun each
 
 
 def _sweep(tmp_path: Path, *overrides: str) -> dict[str, dict]:

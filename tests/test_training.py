@@ -3,7 +3,6 @@
 import csv
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,18 +10,7 @@ import torch
 from transferlab.errors import ConfigError
 from transferlab.train import train
 
-from conftest import TINY, run_cli
-
-
-def _state(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def _initial_backbone(cfg) -> dict[str, torch.Tensor]:
-    from hydra.utils import instantiate
-
-    torch.manual_seed(cfg.seed)
-    return {k: v.clone() for k, v in instantiate(cfg.backbone).model.state_dict().items()}
+from helpers import TINY, checkpoint_state, completed, initial_backbone, run_cli
 
 
 def test_run_folder_contract(trained_run):
@@ -36,7 +24,8 @@ def test_run_folder_contract(trained_run):
     }
     assert summary["epochs"] == 2 and summary["best_epoch"] in (0, 1)
     assert {"torch", "lightning", "timm", "transferlab"} <= set(summary["versions"])
-    assert 0 <= summary["test"]["test/acc"] <= 1 and "test/f1" in summary["test"]
+    # test_convnext learns 3 digit classes in 2 epochs (chance: 0.33); the best checkpoint is what was tested.
+    assert summary["test"]["test/acc"] > 0.8 and "test/f1" in summary["test"]
     timings = summary["timings"]
     assert timings["fit_s"] > 0 and len(timings["epoch_s"]) == 2
     for key in ("train_samples_per_s", "loader_samples_per_s", "model_samples_per_s"):
@@ -80,18 +69,18 @@ def test_channels_last_runs_backbone_and_images_in_nhwc(make_cfg):
     assert not modules[0].inputs.prepare(images).is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(modules[1](images), modules[0](images), rtol=1e-4, atol=1e-5)
     summary = train(cfg)
-    assert summary["status"] == "completed", summary.get("error")
+    assert completed(summary), summary.get("error")
     assert summary["inputs"]["channels_last"] is True
 
 
 @pytest.mark.parametrize("freeze_depth", [2, "all"])
 def test_frozen_parameters_and_batchnorm_statistics_do_not_move(make_cfg, tmp_path, freeze_depth):
     cfg = make_cfg(f"schedule.freeze_depth={freeze_depth}", "schedule.backbone_lr_mult=0.5", "test=false")
-    before = _initial_backbone(cfg)
+    before = initial_backbone(cfg)
     train(cfg)
     after = {
         k.removeprefix("backbone."): v
-        for k, v in _state(tmp_path / "run/checkpoints/last.ckpt").items()
+        for k, v in checkpoint_state(tmp_path / "run/checkpoints/last.ckpt").items()
         if k.startswith("backbone.")
     }
     frozen_prefixes = ("conv1.", "bn1.", "layer1.") if freeze_depth == 2 else ("",)
@@ -101,7 +90,8 @@ def test_frozen_parameters_and_batchnorm_statistics_do_not_move(make_cfg, tmp_pa
         assert torch.equal(before[key], after[key]), key
     trained = [k for k in before if k not in frozen and k.endswith("weight")]
     assert all(not torch.equal(before[k], after[k]) for k in trained)
-    assert len(trained) == (0 if freeze_depth == "all" else len(trained)) and (freeze_depth == "all" or trained)
+    # test_resnet's groups: stem (conv1, bn1), layer1..layer4; freeze_depth=2 trains layer2..layer4.
+    assert {k.split(".")[0] for k in trained} == (set() if freeze_depth == "all" else {"layer2", "layer3", "layer4"})
 
     rows = list(csv.DictReader((tmp_path / "run/metrics.csv").open()))
     assert float(rows[0]["lr/layer4"]) == pytest.approx(0.5 * float(rows[0]["lr/head"]))
@@ -124,8 +114,8 @@ def test_resume_from_last_matches_an_uninterrupted_run(make_cfg, tmp_path):
     assert summary["resumed_from"].endswith("resumed/checkpoints/last.ckpt")
     assert summary["epochs"] == 3  # the history came back from the checkpoint
     straight, resumed = (
-        _state(tmp_path / "straight/checkpoints/last.ckpt"),
-        _state(tmp_path / "resumed/checkpoints/last.ckpt"),
+        checkpoint_state(tmp_path / "straight/checkpoints/last.ckpt"),
+        checkpoint_state(tmp_path / "resumed/checkpoints/last.ckpt"),
     )
     assert straight.keys() == resumed.keys()
     for key in straight:
@@ -159,6 +149,7 @@ def test_weights_that_do_not_fit_say_how_many_keys_matched(make_cfg, tmp_path):
         train(make_cfg(f"backbone.weights={tmp_path / 'other.pth'}"))
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_with_exit_2(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the hub download path, failing fast as it does offline
     result = run_cli(
@@ -176,6 +167,7 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
     assert json.loads((tmp_path / "run/summary.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_multirun_grid_goes_on_past_a_failed_job(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
@@ -220,7 +212,7 @@ def test_custom_backbone_with_a_checkpoint_from_the_wild_on_real_images(shared_d
         "optimizer.lr=3e-3",
     )
     summary = train(cfg)
-    assert summary["status"] == "completed"
+    assert completed(summary)
     assert summary["weights_report"].startswith(f"weights {weights}: 95/95 model tensors loaded; 0 missing")
     assert summary["class_names"] == ["ants", "bees"] and summary["split_sizes"]["train"] == 245
     assert summary["layer_groups"] == ["conv1", "bn1", "layer1", "layer2", "layer3"]
@@ -229,7 +221,7 @@ def test_custom_backbone_with_a_checkpoint_from_the_wild_on_real_images(shared_d
     from transferlab.eval import evaluate
     from transferlab.predict import predict
 
-    from conftest import compose_config
+    from helpers import compose_config
 
     ckpt = summary["checkpoints"]["best"]
     scored = evaluate(

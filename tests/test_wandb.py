@@ -2,61 +2,12 @@
 
 import json
 import os
-import struct
-from pathlib import Path
 
 import pytest
 
 from transferlab.loggers import wandb_offline
 
-from conftest import TINY, run_cli
-
-
-def read_records(path: Path):
-    """Decode a .wandb file: wandb's LevelDB-style log (7-byte file header, 32 KiB blocks, 7-byte chunk
-    headers: crc32, length, type) of ``wandb_internal_pb2.Record`` messages."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, block, pending = 7, 32768, b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a header is padding
-            pos += block - pos % block
-            continue
-        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind == 0 and length == 0:
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):  # FULL or LAST: one whole record
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            yield record
-
-
-def _key(item) -> str:
-    return item.key or ".".join(item.nested_key)
-
-
-def _run_records(job_dir: Path) -> dict:
-    (log,) = job_dir.glob("wandb/offline-run-*/run-*.wandb")
-    out = {"config": {}, "summary": {}, "history_keys": set(), "files": []}
-    for record in read_records(log):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            out["group"], out["name"], out["id"] = record.run.run_group, record.run.display_name, record.run.run_id
-        elif kind == "config":
-            out["config"].update({_key(item): json.loads(item.value_json) for item in record.config.update})
-        elif kind == "summary":
-            out["summary"].update({_key(item): json.loads(item.value_json) for item in record.summary.update})
-        elif kind == "history":
-            out["history_keys"].update(_key(item) for item in record.history.item)
-        elif kind == "files":
-            out["files"] += [f.path for f in record.files.files]
-        elif kind == "exit":
-            out["exit_code"] = record.exit.exit_code
-    return out
+from helpers import TINY, run_cli, run_records
 
 
 def test_offline_without_an_api_key(monkeypatch, tmp_path):
@@ -70,6 +21,7 @@ def test_offline_without_an_api_key(monkeypatch, tmp_path):
     assert wandb_offline()
 
 
+@pytest.mark.slow
 def test_sweep_is_one_wandb_group_with_config_summary_and_images(tmp_path):
     sweep = tmp_path / "sweep"
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
@@ -85,7 +37,7 @@ def test_sweep_is_one_wandb_group_with_config_summary_and_images(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = [_run_records(sweep / job) for job in ("0", "1")]
+    runs = [run_records(sweep / job) for job in ("0", "1")]
     assert {r["group"] for r in runs} == {"sweep"}  # one group: the multirun folder's name
     assert len({r["id"] for r in runs}) == 2
     for run, lr in zip(runs, ("0.001", "0.002")):
