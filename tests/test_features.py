@@ -38,10 +38,11 @@ def test_frozen_run_caches_features_the_backbone_computes(make_cfg, tmp_path):
     assert len(cache_files(cache)) == 2
 
     module = load_module(summary["checkpoints"]["last"])
-    from hydra.utils import instantiate
+    from transferlab.cli import instantiate
+    from transferlab.data.target import split_options
 
-    options = {**make_cfg("data.num_workers=0").data, "target": None, "feature_cache": None}
-    dm = instantiate(options, _partial_=True)(inputs=module.inputs)
+    options, _, _ = split_options(make_cfg("data.num_workers=0").data)
+    dm = instantiate(options, inputs=module.inputs)
     images = torch.stack([dm.datasets["val"][i][0] for i in range(len(dm.datasets["val"]))])
     with torch.no_grad():
         expected = module.backbone.eval()(images).numpy()

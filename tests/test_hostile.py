@@ -254,7 +254,7 @@ def test_a_folder_belongs_to_one_run_and_a_finished_one_is_kept(make_cfg, tmp_pa
     assert completed(train(make_cfg("test=false", "overwrite=true")))
 
 
-def test_a_moved_run_resumes_from_its_own_checkpoints_and_a_failed_resume_keeps_theread_summary(make_cfg, tmp_path):
+def test_a_moved_run_resumes_from_its_own_checkpoints_and_a_failed_resume_keeps_the_summary(make_cfg, tmp_path):
     train(make_cfg("trainer.max_epochs=2", run="old"))
     moved = tmp_path / "moved"
     shutil.move(tmp_path / "old", moved)

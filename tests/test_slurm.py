@@ -14,13 +14,14 @@ import torch
 
 from helpers import BIN, TINY, read_summary, run_cli
 
-pytestmark = pytest.mark.slow  # real SLURM jobs and sweeps: subprocesses
-
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts/slurm_local.sh"
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("slurmctld") and shutil.which("munged")) or os.geteuid() != 0,
-    reason="needs Debian's slurm-wlm and munge, and root (.ci/run installs them)",
-)
+pytestmark = [
+    pytest.mark.slow,  # real SLURM jobs: subprocesses
+    pytest.mark.skipif(
+        not (shutil.which("slurmctld") and shutil.which("munged")) or os.geteuid() != 0,
+        reason="needs Debian's slurm-wlm and munge, and root (.ci/run installs them)",
+    ),
+]
 # The preset's trainer.devices follows hydra.launcher.tasks_per_node: keep TINY's devices=1 out of it.
 TINY = [o for o in TINY if not o.startswith("trainer.devices")]
 LAUNCHER = ["+cluster=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "trainer.accelerator=cpu"]
