@@ -336,3 +336,19 @@ def test_imagenet_lite0_weights_by_order_label_real_ants_and_bees(shared_data):
         with torch.no_grad():
             top1 = model(images).argmax(1)
         assert (top1 == imagenet_class).float().mean() > 0.6  # chance: 1 in 1000
+
+
+def test_order_matching_refuses_a_deeper_checkpoint_whose_surplus_is_not_a_classifier(tmp_path):
+    import timm
+
+    # A 7-block ViT into the 6-block one: every pair by position fits (blocks are alike), but the file's last
+    # tensors are a block, the final norm and the classifier, not a classifier alone.
+    deeper = timm.create_model("test_vit", depth=7, num_classes=5)
+    torch.save({f"t{i}": v for i, v in enumerate(deeper.state_dict().values())}, tmp_path / "deeper.pth")
+    model = timm.create_model("test_vit", depth=6, num_classes=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(
+        ConfigError, match=r"^backbone.weights=.*: the file has \d+ tensors beyond the model's .* not a classifier"
+    ):
+        load_weights(model, tmp_path / "deeper.pth", match="order")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing loaded

@@ -205,8 +205,9 @@ def pair_by_order(
     list them), for a checkpoint of another implementation of the same architecture (other names, same order).
 
     BatchNorm counters are paired only when both sides have them. Tensors the file has beyond the model's, at
-    its end, are the old classifier: dropped and returned. Any pair of different shapes, or a file with fewer
-    tensors than the model, is a ConfigError."""
+    its end, are the old classifier when they look like one (a weight of shape (classes, features) and its bias
+    of (classes,)): dropped and returned. Any pair of different shapes, a file with fewer tensors than the model,
+    or a surplus that is not a classifier (a deeper model's blocks) is a ConfigError."""
 
     def tensors(names: Sequence[str], counters: bool) -> list[str]:
         return [k for k in names if counters or k.rsplit(".", 1)[-1] != _COUNTER]
@@ -227,4 +228,16 @@ def pair_by_order(
                 f"{tuple(state[other].shape)}) does not fit the model's ({mine}, {tuple(model_state[mine].shape)}); "
                 "the file is of another architecture or lists its tensors in another order"
             )
-    return {mine: state[other] for mine, other in zip(ours, theirs)}, theirs[len(ours) :]
+    surplus = theirs[len(ours) :]
+    if surplus and not _looks_like_classifier([tuple(state[k].shape) for k in surplus]):
+        raise ConfigError(
+            f"backbone.weights={shown}: backbone.weights_match=order: the file has {len(surplus)} tensors beyond the "
+            f"model's {len(ours)}, from {surplus[0]} ({tuple(state[surplus[0]].shape)}) on, and they are not a "
+            "classifier (a weight and its bias); the file is of a deeper or another architecture"
+        )
+    return {mine: state[other] for mine, other in zip(ours, theirs)}, surplus
+
+
+def _looks_like_classifier(shapes: list[tuple[int, ...]]) -> bool:
+    """A (classes, features) weight and its (classes,) bias: what a checkpoint's old classifier looks like."""
+    return len(shapes) == 2 and len(shapes[0]) == 2 and shapes[1] == (shapes[0][0],)
