@@ -226,6 +226,18 @@ def test_a_signal_ends_the_run_as_interrupted_with_its_exit_status(tmp_path, sig
 
 
 @pytest.mark.slow
+def test_a_refused_second_run_leaves_the_finished_folder_byte_for_byte(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("transferlab-train", *TINY, f"hydra.run.dir={run}").returncode == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for command, extra in (("transferlab-train", ["optimizer.lr=0.5"]), ("transferlab-eval", [])):
+        args = [*TINY, *extra] if command == "transferlab-train" else [f"ckpt_path={run}/checkpoints/best.ckpt"]
+        result = run_cli(command, *args, f"hydra.run.dir={run}")
+        assert _one_error_line(result).startswith(f"error: paths.output_dir={run}: holds a completed train run")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # .hydra/ included
+
+
+@pytest.mark.slow
 def test_a_killed_run_is_dead_in_the_report_and_its_folder_is_not_reused_by_accident(tmp_path):
     sweep = tmp_path / "sweep"
     cli = _start(sweep / "0")

@@ -67,6 +67,20 @@ def check_overrides(argv: list[str], root: str | Path, config_name: str) -> None
         if override.is_add() and not override.is_force_add():
             _check_added(cfg, override.key_or_group, arg, Path(root))
     _check_writable(argv)
+    _check_unclaimed(argv, cfg, config_name)
+
+
+def _check_unclaimed(argv: list[str], cfg, task: str) -> None:
+    """A run folder named by ``hydra.run.dir`` that holds another run is refused here, by the claim the task
+    makes itself, before Hydra writes its ``.hydra/`` files into it."""
+    from transferlab.run_folder import claim
+
+    if task not in ("train", "eval") or any(a in COMMAND_FLAGS for a in argv):
+        return
+    folder = next((v for k, _, v in (a.partition("=") for a in argv) if k == "hydra.run.dir" and v), None)
+    if folder is not None:
+        resuming = task == "train" and bool(cfg.get("ckpt_path"))
+        claim(Path(folder).expanduser(), task, resuming=resuming, overwrite=bool(cfg.get("overwrite")))
 
 
 def _check_writable(argv: list[str]) -> None:
