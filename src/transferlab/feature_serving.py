@@ -59,7 +59,8 @@ class FeatureServing(pl.Callback):
         return features.FeatureDataset(self.features(split, dataset, loader, log=True), dataset.labels)
 
     def features(self, split: str, dataset: Dataset, loader: DataLoader, log: bool = False) -> np.ndarray:
-        """The backbone's features of ``dataset`` through the cache (float32); ``log``: listed in ``served``."""
+        """The backbone's features of ``dataset`` through the cache (the fp16 entry, memory-mapped; in memory
+        without a cache folder); ``log``: listed in ``served``."""
         trainer = self._trainer
         assert trainer is not None, "FeatureServing serves once the Trainer has set it up"
         start = time.perf_counter()
@@ -82,4 +83,4 @@ class FeatureServing(pl.Callback):
         rank_zero_info(
             f"{split} features of the frozen backbone {what}: {len(values)} x {values.shape[1]}, {path or 'not cached'}"
         )
-        return values if log else np.asarray(values, dtype=np.float32)
+        return values
