@@ -129,7 +129,7 @@ class PhaseControl(pl.Callback):
         frozen = {id(p) for p in self._frozen_params}
         rows: dict[str, list] = {}
         for group in optimizer.param_groups:
-            rows.setdefault(group.get("layer_group", group.get("name", "group")), []).extend(group["params"])
+            rows.setdefault(layer_group(group), []).extend(group["params"])
         width = max(len(name) for name in rows)
         lines = [f"{'layer group':<{width}}  {'trainable':>12}  {'total':>12}"]
         for name, ps in rows.items():
@@ -171,7 +171,12 @@ def set_lr_scales(optimizer, schedulers: Sequence, scales: Mapping[str, float]) 
 def group_lrs(optimizer) -> dict[str, float]:
     """The lr of each layer group (and of the head, a discriminator), by name: a group that decays and its
     ``.no_decay`` part share one."""
-    return {g.get("layer_group", g.get("name", "group")): g["lr"] for g in optimizer.param_groups}
+    return {layer_group(g): g["lr"] for g in optimizer.param_groups}
+
+
+def layer_group(group: dict) -> str:
+    """The layer group an optimizer group belongs to (its name, for groups made elsewhere)."""
+    return group.get("layer_group", group.get("name", "group"))
 
 
 @dataclass
