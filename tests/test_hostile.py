@@ -28,9 +28,9 @@ from transferlab.train import train
 from helpers import BIN, TINY, completed, read_summary, run_cli
 
 
-def _one_error_line(result: subprocess.CompletedProcess) -> str:
+def _one_error_line(result: subprocess.CompletedProcess, code: int = 2) -> str:
     """The one ``error:`` line a failed command ends with (log lines and warnings may come before it)."""
-    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.returncode == code, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-2000:]
@@ -293,6 +293,8 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_no_temporary_files(tmp_
         assert "No space left on device" in line or "file write failed" in line, line
         leftovers = [p.name for p in (disk / "run").rglob("*") if ".partial" in p.name or ".tmp" in p.name]
         assert leftovers == [] and not list((disk / "run").glob(".summary.json.*"))
+        summary = read_summary(disk / "run")  # rewritten in place: there was no room for a new file
+        assert summary["status"] == "failed" and ("No space left" in summary["error"] or "write" in summary["error"])
 
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         read_only = run_cli("transferlab-train", *TINY, f"hydra.run.dir={disk}/other")
@@ -302,6 +304,89 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_no_temporary_files(tmp_
 
 
 # --- caches and reports ---------------------------------------------------------------------------------------------
+
+NETWORK = """
+from torch import nn
+
+SCALE = {scale}
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, {width}, 3)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3)) * SCALE
+"""
+
+
+def _custom_run(code: Path, cache: Path, run: Path, scale: str, width: int = 8) -> subprocess.CompletedProcess:
+    """A frozen run of a user's own network (``code``/netfile.py, written here), features cached in ``cache``."""
+    (code / "netfile.py").write_text(NETWORK.format(scale=scale, width=width))
+    args = ["backbone=custom", "backbone.name=null", "backbone.model._target_=netfile.Net"]
+    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    overrides = [*TINY, *args, "backbone.data_config.input_size=[3,32,32]", "schedule=frozen", "test=false"]
+    return run_cli("transferlab-train", *overrides, f"data.feature_cache={cache}", f"hydra.run.dir={run}", env=env)
+
+
+def _cache_log(run: Path) -> list[tuple[str, bool]]:
+    return [(e["split"], e["hit"]) for e in read_summary(run)["feature_cache"]]
+
+
+@pytest.mark.slow
+def test_the_cache_notices_edited_code_and_keeps_features_fp16_cannot_hold(tmp_path):
+    cache = tmp_path / "cache"
+    assert _custom_run(tmp_path, cache, tmp_path / "a", "1.0").returncode == 0
+    assert _custom_run(tmp_path, cache, tmp_path / "b", "1.0").returncode == 0
+    assert _cache_log(tmp_path / "b") == [("train", True), ("val", True)]
+    # The same weights, an edited forward(): features far beyond fp16's range (65504).
+    huge = _custom_run(tmp_path, cache, tmp_path / "c", "1e6")
+    assert huge.returncode == 0, huge.stderr[-2000:]
+    assert _cache_log(tmp_path / "c") == [("train", False), ("val", False)]
+    entry = np.load(read_summary(tmp_path / "c")["feature_cache"][1]["file"])
+    assert entry.dtype == np.float32 and np.isfinite(entry).all() and np.abs(entry).max() > 65504
+
+    broken = _custom_run(tmp_path, cache, tmp_path / "d", "float('nan')")
+    line = _one_error_line(broken, code=1)
+    assert line.startswith("error: the backbone's features of example 0 are not finite (nan)"), line
+    summary = read_summary(tmp_path / "d")
+    assert summary["status"] == "failed" and "not finite" in summary["error"]
+    assert sorted(p.suffix for p in cache.iterdir()) == [".npy"] * 4  # no temporary or lock file
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_cache_is_one_line_and_leaves_nothing_there(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(cache)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        result = _custom_run(tmp_path, cache, tmp_path / "run", "1.0", width=512)  # ~0.5 MB of train features
+        line = _one_error_line(result)
+        assert line.startswith(f"error: data.feature_cache={cache}: no space for the train features"), line
+        assert read_summary(tmp_path / "run")["status"] == "failed"
+        assert list(cache.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(cache)], check=False)
+
+
+@pytest.mark.slow
+def test_run_folder_files_get_the_umask_and_a_diverging_run_is_one_line(tmp_path):
+    result = run_cli(
+        "transferlab-train",
+        *TINY,
+        "optimizer.lr=1e12",
+        "test=false",
+        f"hydra.run.dir={tmp_path}/run",
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    line = _one_error_line(result, code=1)
+    assert line.startswith("error: train/loss is nan in epoch 0; lower optimizer.lr"), line
+    assert read_summary(tmp_path / "run")["status"] == "failed"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir() if p.is_file()}
+    assert modes["summary.json"] == 0o644, modes
 
 
 def test_a_damaged_cache_entry_is_computed_again_and_an_unusable_cache_is_bypassed(make_cfg, tmp_path):

@@ -49,7 +49,7 @@ def test_parallel_trials_keep_their_own_files_and_a_nan_trial_fails_alone(tmp_pa
     by_lr = {next(o for o in s["overrides"] if o.startswith("optimizer.lr")): s for s in summaries.values()}
     assert by_lr["optimizer.lr=0.001"]["status"] == "completed"
     diverged = by_lr["optimizer.lr=1000000000000.0"]
-    assert diverged["status"] == "failed" and diverged["error"].startswith("FloatingPointError: train/loss is nan")
+    assert diverged["status"] == "failed" and diverged["error"].startswith("RunFailed: train/loss is nan")
     assert diverged["run_dir"] != by_lr["optimizer.lr=0.001"]["run_dir"]
     assert Path(by_lr["optimizer.lr=0.001"]["run_dir"], "checkpoints/last.ckpt").is_file()
     assert not Path(diverged["run_dir"], "checkpoints").exists()

@@ -16,6 +16,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from transferlab.batches import batch_size
+from transferlab.errors import RunFailed
 from transferlab.phase_control import group_lrs
 from transferlab.run_folder import write_metrics
 
@@ -75,7 +76,7 @@ class EpochHistory(pl.Callback):
         row["model_samples_per_s"] = _rate(self._samples, self._step_s)
         if not math.isfinite(row.get("train/loss", 0.0)):
             # A diverged run fails here, recorded as such, and a sweep goes on to its next trial.
-            raise FloatingPointError(
+            raise RunFailed(
                 f"train/loss is {row['train/loss']} in epoch {row['epoch']}; lower optimizer.lr "
                 "or set trainer.gradient_clip_val"
             )

@@ -23,3 +23,8 @@ class Interrupted(BaseException):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class RunFailed(RuntimeError):
+    """The run went wrong by itself (a diverged loss, features that are not finite): recorded as ``failed`` with
+    this one-line message, printed as ``error: <message>``, exit status 1."""

@@ -79,6 +79,10 @@ def _check_unclaimed(argv: list[str], cfg, task: str) -> None:
         return
     folder = next((v for k, _, v in (a.partition("=") for a in argv) if k == "hydra.run.dir" and v), None)
     if folder is not None:
+        from pytorch_lightning.utilities import rank_zero_only
+
+        if rank_zero_only.rank != 0:  # a DDP worker re-runs the command line; rank 0 has claimed the folder
+            return
         resuming = task == "train" and bool(cfg.get("ckpt_path"))
         claim(Path(folder).expanduser(), task, resuming=resuming, overwrite=bool(cfg.get("overwrite")))
 

@@ -8,6 +8,7 @@ folder that holds a finished run is not written into again unless the run resume
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import socket
@@ -32,17 +33,33 @@ DEAD_AFTER_S = 4 * HEARTBEAT_S
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file, then rename: a reader never sees half a file, and a failed write (a full disk)
-    leaves the old file whole and nothing beside it."""
+    """Write to a temporary file, then rename: a reader never sees half a file, and a failed write leaves the old
+    file whole and nothing beside it. On a full disk, a text that fits the blocks the old file holds is written
+    over it in place (how a run's last summary still says ``failed`` when the disk filled up)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    data = text.encode()
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a teammate's report must read it
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.is_file() or len(data) > path.stat().st_blocks * 512:
+            raise
+        with open(path, "r+b") as f:
+            f.write(data)
+            f.truncate()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def checkpoint_file(ckpt_path: str, fix: str) -> str:
