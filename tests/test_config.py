@@ -89,14 +89,57 @@ def test_defaults_are_a_valid_offline_run():
         ("ckpt_path=/no/such.ckpt", "ckpt_path"),
         ("label_smoothing=1.5", "label_smoothing"),
         ("monitor_mode=up", "monitor_mode"),
+        # The optimizer and scheduler are partial targets called mid-run: checked up front all the same.
+        ("optimizer.weight_decay=-1", "optimizer: torch.optim.AdamW refused its options (Invalid weight_decay"),
+        ("optimizer=sgd optimizer.momentum=-0.5", "optimizer: torch.optim.SGD refused its options (Invalid momentum"),
+        ("lr_scheduler.min_lr_ratio=-1", "lr_scheduler.min_lr_ratio=-1: use a number in [0, 1]"),
+        ("lr_scheduler.warmup_steps=-5", "lr_scheduler.warmup_steps=-5"),
+        ("lr_scheduler=step lr_scheduler.milestones=[0.8,0.2]", "lr_scheduler.milestones=[0.8, 0.2]"),
+        ("lr_scheduler=step lr_scheduler.gamma=0", "lr_scheduler.gamma=0"),
+        ("data=digits_m adapt=dann adapt.adversarial_weight=1e30", "adapt.adversarial_weight=1e+30: use a number in"),
     ],
 )
 def test_validation_names_the_option(override, option):
-    cfg = compose_config(override, "paths.output_dir=/tmp/x")
+    cfg = compose_config(*override.split(), "paths.output_dir=/tmp/x")
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     message = str(err.value)
     assert message.startswith(option) and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["+optimizer.lrr=1"], "+optimizer.lrr=1: torch.optim.AdamW takes no option lrr; did you mean lr?"),
+        (["+trainer.fast_dev_runn=1"], "+trainer.fast_dev_runn=1: pytorch_lightning.Trainer takes no option"),
+        (["hydra.sweeper.foo=1"], "hydra.sweeper.foo: no such option in the config; check its spelling"),
+        (["+sweep=optuna", "hydra.sweeper.n_trials=abc"], "hydra.sweeper.n_trials=abc: Value 'abc' of type 'str'"),
+    ],
+)
+def test_overrides_of_partial_targets_and_of_hydra_are_checked(overrides, line):
+    from transferlab.overrides import check_overrides
+
+    with pytest.raises(ConfigError) as err:
+        check_overrides([*overrides, "hydra.run.dir=/tmp/x"], CONF, "train")
+    assert str(err.value).startswith(line) and "\n" not in str(err.value)
+    check_overrides(["+optimizer.amsgrad=true", "+sweep=optuna", "hydra.sweeper.n_trials=3"], CONF, "train")
+
+
+def test_a_misspelt_target_is_one_line_with_the_name_meant():
+    from transferlab.cli import instantiate
+
+    cfg = compose_config(
+        "backbone=custom",
+        "backbone.name=null",
+        "backbone.model._target_=torchvision.models.resnett18",
+        "paths.output_dir=/tmp/x",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^backbone.model._target_=torchvision.models.resnett18: torchvision.models "
+        r"has no resnett18; did you mean torchvision.models.resnet18\?$",
+    ):
+        instantiate(cfg.backbone)
 
 
 def test_missing_required_value_is_named():

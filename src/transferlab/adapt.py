@@ -24,6 +24,9 @@ RANDOMIZED_ABOVE = 4096  # CDAN: a features x classes outer product wider than t
 RANDOMIZED_WIDTH = 1024  # ... of this width (Long et al.'s choice)
 
 
+MAX_LOSS_WEIGHT = 10
+
+
 def check_options(options: dict[str, Any]) -> None:
     """The ``adapt.`` options that cannot work, as one-line errors."""
     adversarial = options.get("adversarial")
@@ -37,9 +40,11 @@ def check_options(options: dict[str, Any]) -> None:
     ):
         value = options.get(option, default)
         positive = option in ("discriminator_lr_mult", "temperature")
+        # A loss weight far above the classifier's own (1) drowns it: training quietly stops learning the task.
+        weight = option.endswith("_weight")
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not number or value < 0 or (positive and value == 0):
-            bound = "> 0" if positive else ">= 0"
+        if not number or value < 0 or (positive and value == 0) or (weight and value > MAX_LOSS_WEIGHT):
+            bound = "> 0" if positive else f"in [0, {MAX_LOSS_WEIGHT}]" if weight else ">= 0"
             raise ConfigError(f"adapt.{option}={value}: use a number {bound}, e.g. adapt.{option}={example}")
     hidden = options.get("discriminator_hidden", 1024)
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:

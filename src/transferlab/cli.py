@@ -140,11 +140,36 @@ def _refused(config, cause: BaseException | None, error: BaseException) -> None:
     """Raise the one-line error for a target that failed on its options; return for anything else."""
     if isinstance(cause, ConfigError):
         raise cause from None
+    if isinstance(cause, ImportError) and "Error locating target" in str(error):
+        import re
+
+        found = re.search(r"full_key: (\S+)", str(error))
+        node = found.group(1) if found else _node_name(config)
+        target = re.search(r"Error locating target '([^']+)'", str(error)).group(1)
+        raise ConfigError(f"{node}._target_={target}: {_not_importable(target)}") from None
     if isinstance(cause, (TypeError, ValueError)) or cause is None:
         target = config.get("_target_") if hasattr(config, "get") else None
         node = _node_name(config)
         reason = first_line(cause or error)
         raise ConfigError(f"{node}: {target} refused its options ({reason}); check the {node}. options") from None
+
+
+def _not_importable(target: str) -> str:
+    """Why ``target`` cannot be imported, and the name it was probably meant to be."""
+    import difflib
+    import importlib
+
+    module, _, name = target.rpartition(".")
+    while module:
+        try:
+            names = dir(importlib.import_module(module))
+        except ImportError:
+            module, _, name = module.rpartition(".")
+            continue
+        close = difflib.get_close_matches(name, [n for n in names if not n.startswith("_")], n=1)
+        hint = f"did you mean {module}.{close[0]}?" if close else "check its spelling"
+        return f"{module} has no {name}; {hint}"
+    return f"no module {name} can be imported; check its spelling and that it is installed or on PYTHONPATH"
 
 
 def _node_name(config) -> str:

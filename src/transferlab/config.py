@@ -59,6 +59,8 @@ def validate(cfg: DictConfig) -> None:
     if ckpt and ckpt != "last":
         checkpoint_file(ckpt, "give a checkpoint file, last, or null")
 
+    _check_optimizer(cfg)
+
     if cfg.get("monitor_mode") not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.get('monitor_mode')}: use min or max")
 
@@ -72,6 +74,18 @@ def validate(cfg: DictConfig) -> None:
     for key in ("test", "overwrite", "filter_bias_and_bn"):
         if not isinstance(cfg.get(key, False), bool):
             raise ConfigError(f"{key}={cfg.get(key)}: use true or false")
+
+
+def _check_optimizer(cfg: DictConfig) -> None:
+    """The optimizer and lr scheduler are called mid-run (``_partial_``): build them now on one parameter, so that
+    torch's range checks (lr, betas, momentum, weight_decay) and the scheduler's own are one line up front."""
+    import torch
+
+    from transferlab.cli import instantiate
+
+    optimizer = instantiate(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    if cfg.get("lr_scheduler"):
+        instantiate(cfg.lr_scheduler, optimizer, 1)
 
 
 def check_accelerator(accelerator: str) -> None:

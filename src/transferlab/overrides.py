@@ -3,15 +3,17 @@ multi-line report. The values themselves are checked later, by the code that own
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from transferlab.cli import first_line as _first_line
 from transferlab.errors import ConfigError
 
-# Where ``+key=value`` may add keys that no config file has: collections of targets (callbacks, loggers), keyword
-# arguments of the Trainer, and the data changes of eval. Under any node with a ``_target_`` an added key is an
-# extra keyword argument of that target, which its instantiation checks.
-OPEN_ROOTS = ("callbacks", "logger", "trainer", "data", "hydra")
+# Where ``+key=value`` may add keys that no config file has: collections of targets (callbacks, loggers), the data
+# changes of eval, Hydra's own. Under any other node with a ``_target_`` (the Trainer, the optimizer) an added key
+# is an extra keyword argument of that target, checked here against its signature: a ``_partial_`` target is
+# called only mid-run.
+OPEN_ROOTS = ("callbacks", "logger", "data", "hydra")
 COMMAND_FLAGS = ("-m", "--multirun")  # anything else (--help, --cfg, -cd, ...) is left to Hydra
 
 
@@ -56,8 +58,6 @@ def check_overrides(argv: list[str], root: str | Path, config_name: str) -> None
     job = []
     for arg, override in parsed:
         key = override.get_key_element()
-        if key.lstrip("+~").startswith("hydra"):
-            continue  # Hydra's own settings: Hydra checks them
         if override.is_sweep_override():
             job.append(f"{key}={next(override.sweep_string_iterator())}")
         else:
@@ -113,20 +113,26 @@ def _compose(root: str | Path, config_name: str, overrides: list[str]):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(root), version_base="1.3"):
-            return compose(config_name, overrides=overrides)
+            # Hydra's own node too: its settings (the sweeper's, say) are checked against their schema here.
+            return compose(config_name, overrides=overrides, return_hydra_config=True)
     except HydraException as e:
-        raise ConfigError(_composition_error(str(e))) from None
+        raise ConfigError(_composition_error(e)) from None
     finally:
         GlobalHydra.instance().clear()
 
 
-def _composition_error(message: str) -> str:
+def _composition_error(error: Exception) -> str:
     """Hydra's report of a failed composition, as one line that names the override and the fix."""
     import re
 
+    message = str(error)
+    if (found := re.search(r"Error merging override (\S+)", message)) and error.__cause__ is not None:
+        return f"{found.group(1)}: {_first_line(error.__cause__)}; check its value"
+
     if found := re.search(r"Could not override '([^']+)'", message):
         key = found.group(1)
-        return f"{key}: no such option in the config; check its spelling (transferlab-train --cfg job lists them)"
+        listing = "hydra" if key.startswith("hydra.") else "job"
+        return f"{key}: no such option in the config; check its spelling (transferlab-train --cfg {listing} lists them)"
     if found := re.search(r"An item is already at '([^']+)'", message):
         key = found.group(1)
         return f"+{key}: {key} is already an option; set it without the +: {key}=..."
@@ -143,10 +149,31 @@ def _check_added(cfg, key: str, arg: str, root: Path) -> None:
     if parts[0] in OPEN_ROOTS or (root / key).is_dir():
         return
     node = cfg
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1], start=1):
         node = node.get(part) if OmegaConf.is_dict(node) else None
         if OmegaConf.is_dict(node) and "_target_" in node:
+            _check_argument(node._target_, parts[depth], arg)
             return
     if len(parts) == 1 and "${" + key in OmegaConf.to_yaml(cfg):
         return  # a value the configs interpolate (e.g. the quickstart's source_run)
     raise ConfigError(f"{arg}: transferlab has no option {key}, so nothing would read it; check its spelling")
+
+
+def _check_argument(target: str, name: str, arg: str) -> None:
+    """``name`` must be a keyword argument of ``target`` (anything goes where it takes ``**kwargs``)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        signature = inspect.signature(get_object(target))
+    except Exception:
+        return  # an unknown target is reported where it is instantiated, with its node's name
+    parameters = signature.parameters.values()
+    if name.startswith("_") or any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(names)}"
+        raise ConfigError(f"{arg}: {target} takes no option {name}; {hint}")
