@@ -16,7 +16,7 @@ from transferlab.eval import evaluate
 from transferlab.module import load_module
 from transferlab.predict import predict
 
-from helpers import compose_config, run_cli
+from helpers import compose_config, read_summary, run_cli
 
 
 def _eval_cfg(trained_run: Path, out: Path, *overrides: str):
@@ -84,11 +84,11 @@ def _digit_pngs(folder: Path, count: int = 12) -> dict[Path, int]:
     return dict(sorted(labels.items()))
 
 
-def _predict_cfg(trained_run: Path, tmp_path: Path, *overrides: str):
+def _predict_cfg(trained_run: Path, tmp_path: Path, *overrides: str, run: str = "run"):
     return compose_config(
         f"ckpt_path={trained_run}/checkpoints/best.ckpt",
         f"input_dir={tmp_path / 'images'}",
-        f"paths.output_dir={tmp_path / 'run'}",
+        f"paths.output_dir={tmp_path / run}",
         "trainer.accelerator=cpu",
         *overrides,
         config_name="predict",
@@ -127,17 +127,19 @@ def test_predict_labels_a_folder(trained_run, tmp_path, caplog):
 def test_predict_errors(trained_run, tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(ConfigError, match=r"^input_dir=.*images: no image files \(.jpg, .*\) found$"):
-        predict(_predict_cfg(trained_run, tmp_path))
+        predict(_predict_cfg(trained_run, tmp_path, run="r1"))
     (tmp_path / "images" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     with pytest.raises(ConfigError, match=r"^bad_files=error: .*broken.jpg is not a readable image"):
-        predict(_predict_cfg(trained_run, tmp_path, "bad_files=error"))
+        predict(_predict_cfg(trained_run, tmp_path, "bad_files=error", run="r2"))
     with pytest.raises(ConfigError, match=r"^input_dir=.*: no image files .* found; 1 unreadable file\(s\) skipped$"):
-        predict(_predict_cfg(trained_run, tmp_path))
+        predict(_predict_cfg(trained_run, tmp_path, run="r3"))
     with pytest.raises(ConfigError, match=r"^input_dir=.*nowhere: folder not found"):
-        predict(_predict_cfg(trained_run, tmp_path, f"input_dir={tmp_path}/nowhere"))
+        predict(_predict_cfg(trained_run, tmp_path, f"input_dir={tmp_path}/nowhere", run="r4"))
     with pytest.raises(ConfigError, match=r"^bad_files=maybe: choose one of skip, error$"):
-        predict(_predict_cfg(trained_run, tmp_path, "bad_files=maybe"))
-    assert not (tmp_path / "run/predictions.csv").exists()
+        predict(_predict_cfg(trained_run, tmp_path, "bad_files=maybe", run="r5"))
+    assert not list(tmp_path.glob("r*/predictions.csv"))
+    failed = read_summary(tmp_path / "r5")  # each folder says how its run ended
+    assert failed["status"] == "failed" and failed["error"].startswith("ConfigError: bad_files=maybe")
 
 
 @pytest.mark.slow

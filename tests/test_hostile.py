@@ -225,16 +225,78 @@ def test_a_signal_ends_the_run_as_interrupted_with_its_exit_status(tmp_path, sig
     assert not [p for p in run.rglob("*") if ".partial" in p.name or p.name.startswith(".summary.json.")]
 
 
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 @pytest.mark.slow
 def test_a_refused_second_run_leaves_the_finished_folder_byte_for_byte(tmp_path):
-    run = tmp_path / "run"
+    run, images = tmp_path / "run", tmp_path / "images"
     assert run_cli("transferlab-train", *TINY, f"hydra.run.dir={run}").returncode == 0
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    for command, extra in (("transferlab-train", ["optimizer.lr=0.5"]), ("transferlab-eval", [])):
-        args = [*TINY, *extra] if command == "transferlab-train" else [f"ckpt_path={run}/checkpoints/best.ckpt"]
+    _photo(images / "a.jpg", seed=1)
+    (images / "notes.jpg").write_text("not an image: skipped, and never replaced")
+    before = _files(run)
+    ckpt = f"ckpt_path={run}/checkpoints/best.ckpt"
+    for command, args in (
+        ("transferlab-train", [*TINY, "optimizer.lr=0.5"]),
+        ("transferlab-eval", [ckpt]),
+        ("transferlab-predict", [ckpt, f"input_dir={images}"]),
+    ):
         result = run_cli(command, *args, f"hydra.run.dir={run}")
         assert _one_error_line(result).startswith(f"error: paths.output_dir={run}: holds a completed train run")
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # .hydra/ included
+    assert _files(run) == before  # .hydra/ included
+
+    predicted = tmp_path / "predicted"
+    assert run_cli("transferlab-predict", ckpt, f"input_dir={images}", f"hydra.run.dir={predicted}").returncode == 0
+    assert read_summary(predicted)["status"] == "completed" and read_summary(predicted)["n"] == 1
+    first = _files(predicted)
+    again = run_cli("transferlab-predict", ckpt, f"input_dir={images}", f"hydra.run.dir={predicted}")
+    assert "holds a completed predict run" in _one_error_line(again)
+    into_input = run_cli(
+        "transferlab-predict",
+        ckpt,
+        f"input_dir={images}",
+        f"output={images}/notes.jpg",
+        "overwrite=true",
+        f"hydra.run.dir={tmp_path}/p2",
+    )
+    assert _one_error_line(into_input).startswith(f"error: output={images}/notes.jpg: is one of the inputs")
+    elsewhere = tmp_path / "elsewhere.csv"
+    elsewhere.write_text("an earlier prediction")
+    replacing = run_cli(
+        "transferlab-predict", ckpt, f"input_dir={images}", f"output={elsewhere}", f"hydra.run.dir={tmp_path}/p3"
+    )
+    assert _one_error_line(replacing).startswith(f"error: output={elsewhere}: exists")
+    assert _files(predicted) == first and elsewhere.read_text() == "an earlier prediction"
+    assert (images / "notes.jpg").read_text().startswith("not an image")
+
+    # overwrite=true empties the folder first: nothing of the old run is left beside the new one.
+    (predicted / "stale.txt").write_text("from the run before")
+    redo = run_cli(
+        "transferlab-eval", ckpt, "split=val", "overwrite=true", "trainer.accelerator=cpu", f"hydra.run.dir={predicted}"
+    )
+    assert redo.returncode == 0, redo.stderr[-2000:]
+    assert not (predicted / "stale.txt").exists() and not (predicted / "predictions.csv").exists()
+    assert read_summary(predicted)["task"] == "eval"
+
+
+@pytest.mark.slow
+def test_a_sweep_into_a_finished_sweep_folder_is_refused_before_hydra_writes(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [*TINY, "test=false", "optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"]
+    assert run_cli("transferlab-train", "-m", *args).returncode == 0
+    before = _files(sweep)
+    again = run_cli("transferlab-train", "-m", *args[:-2], "optimizer.lr=5e-1", f"hydra.sweep.dir={sweep}")
+    line = _one_error_line(again)
+    assert line.startswith(f"error: hydra.sweep.dir={sweep}: holds a sweep (2 completed); resume it"), line
+    assert _files(sweep) == before  # multirun.yaml, every trial's .hydra/ and train.log included
+
+    redo = run_cli(
+        "transferlab-train", "-m", *args[:-2], "optimizer.lr=5e-4", "overwrite=true", f"hydra.sweep.dir={sweep}"
+    )
+    assert redo.returncode == 0, redo.stderr[-2000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0"]  # trial 1 of the old sweep is gone
+    assert "optimizer.lr=0.0005" in read_summary(sweep / "0")["overrides"]
 
 
 @pytest.mark.slow

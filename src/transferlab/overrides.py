@@ -71,19 +71,23 @@ def check_overrides(argv: list[str], root: str | Path, config_name: str) -> None
 
 
 def _check_unclaimed(argv: list[str], cfg, task: str) -> None:
-    """A run folder named by ``hydra.run.dir`` that holds another run is refused here, by the claim the task
-    makes itself, before Hydra writes its ``.hydra/`` files into it."""
-    from transferlab.run_folder import claim
+    """A run folder (``hydra.run.dir``) or sweep folder (``hydra.sweep.dir``, with ``-m``) that holds another run
+    or sweep is refused here, by the claim the task makes itself, before Hydra writes its files into it."""
+    from transferlab.run_folder import claim, claim_sweep
 
-    if task not in ("train", "eval") or any(a in COMMAND_FLAGS for a in argv):
+    multirun = any(a in COMMAND_FLAGS for a in argv)
+    option = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = next((v for k, _, v in (a.partition("=") for a in argv) if k == option and v), None)
+    if folder is None:
+        return  # the default folders are new: named to the microsecond
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # a DDP worker re-runs the command line; rank 0 has claimed the folder
         return
-    folder = next((v for k, _, v in (a.partition("=") for a in argv) if k == "hydra.run.dir" and v), None)
-    if folder is not None:
-        from pytorch_lightning.utilities import rank_zero_only
-
-        if rank_zero_only.rank != 0:  # a DDP worker re-runs the command line; rank 0 has claimed the folder
-            return
-        resuming = task == "train" and bool(cfg.get("ckpt_path"))
+    resuming = task == "train" and bool(cfg.get("ckpt_path"))
+    if multirun:
+        claim_sweep(Path(folder).expanduser(), resuming=resuming, overwrite=bool(cfg.get("overwrite")))
+    else:
         claim(Path(folder).expanduser(), task, resuming=resuming, overwrite=bool(cfg.get("overwrite")))
 
 

@@ -104,17 +104,62 @@ def run_status(run_dir: str | Path, summary: dict[str, Any]) -> str:
 
 
 def claim(run_dir: Path, task: str, resuming: bool, overwrite: bool) -> None:
-    """Refuse a folder that holds a finished run, unless this run resumes it or ``overwrite`` is set."""
-    if resuming or overwrite or not (run_dir / SUMMARY).is_file():
+    """Refuse a folder that holds a run (finished, failed, interrupted or dead), unless this run resumes it or
+    ``overwrite`` is set, which empties it first (Hydra's ``.hydra/`` aside: each run rewrites it). A live run's
+    folder is never emptied."""
+    if resuming or not (run_dir / SUMMARY).is_file():
         return
     try:
         previous = read_summary(run_dir)
     except (OSError, ValueError):
         previous = {"status": "unreadable"}
     status = run_status(run_dir, previous)
+    if status == "running":
+        raise ConfigError(
+            f"paths.output_dir={run_dir}: another run (pid {previous.get('pid')} on {previous.get('host')}) is "
+            "using this folder; wait for it or choose another"
+        )
+    if overwrite:
+        _empty(run_dir, keep=(".hydra", LOCK))
+        return
     what = f"{'an' if status[0] in 'aeiou' else 'a'} {status} {previous.get('task', '')} run".replace("  ", " ")
     fix = "resume it with ckpt_path=last, choose another folder" if task == "train" else "choose another folder"
     raise ConfigError(f"paths.output_dir={run_dir}: holds {what} ({SUMMARY}); {fix}, or set overwrite=true")
+
+
+def claim_sweep(sweep_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """The same rule for a sweep folder (``hydra.sweep.dir``): one that holds a sweep (its ``multirun.yaml`` or a
+    trial's summary) is refused unless the sweep resumes its trials or ``overwrite`` empties it."""
+    trials = sorted(p for p in sweep_dir.glob("*") if (p / SUMMARY).is_file()) if sweep_dir.is_dir() else []
+    if resuming or not (trials or (sweep_dir / "multirun.yaml").is_file()):
+        return
+    statuses = []
+    for trial in trials:
+        try:
+            statuses.append(run_status(trial, read_summary(trial)))
+        except (OSError, ValueError):
+            statuses.append("unreadable")
+    if "running" in statuses:
+        running = trials[statuses.index("running")]
+        raise ConfigError(
+            f"hydra.sweep.dir={sweep_dir}: trial {running.name} is still running; wait for it or choose another folder"
+        )
+    if overwrite:
+        _empty(sweep_dir, keep=())
+        return
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses))) or "no trial run"
+    raise ConfigError(
+        f"hydra.sweep.dir={sweep_dir}: holds a sweep ({counts}); resume it with ckpt_path=last, choose another "
+        "folder, or set overwrite=true"
+    )
+
+
+def _empty(folder: Path, keep: tuple[str, ...]) -> None:
+    import shutil
+
+    for entry in folder.iterdir():
+        if entry.name not in keep:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 @contextmanager
