@@ -258,6 +258,31 @@ def test_folder_layout_mistakes_name_data_root(tmp_path):
         ClassificationDataModule(source="folder", root=str(root)).test_dataloader()
 
 
+def test_a_linked_class_folder_or_split_is_one_line_not_a_class_of_every_image(tmp_path):
+    root = make_tree(tmp_path / "flat", splits=("",))
+    (root / "all").symlink_to(root)  # a class folder that is its own split
+    message = error_of(source="folder", root=str(root))
+    assert message.startswith(f"data.root={root}: cat/0.JPG is the same file as all/cat/0.JPG (a linked folder?)")
+
+    root = make_tree(tmp_path / "leak", splits=("train",))
+    (root / "val").symlink_to(root / "train")  # val is train: checkpoint selection on trained images
+    assert "is the same file as train/cat/0.JPG" in error_of(source="folder", root=str(root))
+
+
+def test_unreadable_digits_m_photos_are_skipped_with_a_warning(tmp_path):
+    from transferlab.data.digits import load_digits_m
+
+    write_image(tmp_path / "good.png", size=(64, 48))
+    whole = (tmp_path / "good.png").read_bytes()
+    write_image(tmp_path / "cut.jpg", size=(64, 48), fmt="JPEG")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "cut.jpg").read_bytes()[:200])
+    with pytest.warns(
+        UserWarning, match=rf"data.photos={tmp_path}: skipped 1 unreadable photo\(s\), the first .*cut.jpg"
+    ):
+        split, _ = load_digits_m([0, 1], photos=str(tmp_path))
+    assert len(split) > 0 and (tmp_path / "good.png").read_bytes() == whole
+
+
 def test_too_small_classes_for_a_stratified_split(tmp_path):
     root = make_tree(tmp_path, splits=("",), per_class=1)
     assert "data.val_fraction=0.2: cannot split 2 images" in error_of(source="folder", root=str(root))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from transferlab.data.images import image_files, load_rgb
+from transferlab.data.images import find_unreadable, image_files, load_rgb
 from transferlab.data.sources import Split
 from transferlab.errors import ConfigError
 
@@ -63,7 +64,13 @@ def _photos(folder: str | None) -> list[np.ndarray]:
     files = image_files(root) if root.is_dir() else []
     if not files:
         raise ConfigError(f"{option}: no photos found in {root}; set data.photos to a folder of colour photos")
-    photos = [np.asarray(load_rgb(f)) for f in files]
+    unreadable = find_unreadable(files)
+    if unreadable:
+        first, reason = next(iter(unreadable.items()))
+        warnings.warn(
+            f"{option}: skipped {len(unreadable)} unreadable photo(s), the first {first} ({reason})", stacklevel=2
+        )
+    photos = [np.asarray(load_rgb(f)) for f in files if f not in unreadable]
     photos = [p for p in photos if min(p.shape[:2]) >= DIGITS_M_SIZE]
     if not photos:
         raise ConfigError(f"{option}: no photo of at least {DIGITS_M_SIZE} px a side; add larger photos")

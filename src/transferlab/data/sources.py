@@ -86,7 +86,9 @@ def scan_folder(root: str | Path, option: str = "data.root") -> tuple[dict[str, 
         )
     if not (root / "train").is_dir():
         class_names = _check_classes(root, _class_folders(root), option)
-        return {"all": _scan_classes(root, root, class_names, None, option)}, class_names
+        splits = {"all": _scan_classes(root, root, class_names, None, option)}
+        _check_each_file_once(root, splits, class_names, option)
+        return splits, class_names
     if not (root / "val").is_dir():
         raise ConfigError(
             f"{option}={root}: has train/ but no val/; add a val/ folder with the same class folders "
@@ -105,6 +107,7 @@ def scan_folder(root: str | Path, option: str = "data.root") -> tuple[dict[str, 
                 "use the same class folders in every split"
             )
         splits[name] = _scan_classes(root, folder, class_names, name, option)
+    _check_each_file_once(root, splits, class_names, option)
     return splits, class_names
 
 
@@ -134,6 +137,21 @@ def _check_classes(root: Path, class_names: list[str], option: str) -> list[str]
             "a classifier needs at least 2: put each class's images in its own sub-folder"
         )
     return class_names
+
+
+def _check_each_file_once(root: Path, splits: dict[str, Split], class_names: list[str], option: str) -> None:
+    """A file reached twice (a class folder or split that links to its own split, to another class, or a hard
+    link) would be a class of every image, or test images trained on: one line instead."""
+    seen: dict[tuple[int, int], Path] = {}
+    for split in splits.values():
+        for path in split.items:
+            info = path.stat()
+            first = seen.setdefault((info.st_dev, info.st_ino), path)
+            if first != path:
+                raise ConfigError(
+                    f"{option}={root}: {path.relative_to(root)} is the same file as {first.relative_to(root)} "
+                    "(a linked folder?); keep each image in one class folder of one split"
+                )
 
 
 def _scan_classes(root: Path, folder: Path, class_names: list[str], where: str | None, option: str) -> Split:
