@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -246,8 +247,35 @@ def test_cli(sweep, tmp_path):
 
 
 def test_unknown_heatmap_key_is_an_error(sweep, capsys):
-    assert main([str(sweep), "--x", "optimizer.momentum"]) == 1
+    assert main([str(sweep), "--x", "optimizer.momentum"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "transferlab-report: error: --x optimizer.momentum: no trial overrides it (swept keys: optimizer.lr, schedule.freeze_depth)"
     ]
+
+
+def test_what_the_report_cannot_use_is_one_line_or_an_unreadable_trial(sweep, tmp_path, capsys):
+    summary = json.loads((sweep / "0/summary.json").read_text())
+    (sweep / "0/summary.json").write_text(json.dumps({**summary, "best": {"val/acc": "high", "epoch": 2}}))
+    assert [t.status for t in load_trials(sweep)][0] == "unreadable"
+    assert main([str(sweep)]) == 0  # the others are reported
+
+    assert main([str(sweep), "--metric", "val/bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("transferlab-report: error: --metric val/bogus: no trial logged it; choose one of")
+    assert "val/acc" in err[-1]
+
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        assert main([str(sweep), "--out", str(disk / "report")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"transferlab-report: error: --out {disk / 'report'}: cannot be written (Read-only file system); "
+            "pass --out to a writable folder"
+        ]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

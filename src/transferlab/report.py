@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +121,19 @@ def write_report(
     """Write report.csv, report.md, heatmap.png, curves.png and report.html into ``out`` (default: the folder)."""
     root = Path(multirun_dir)
     trials = load_trials(root)
+    if metric is not None:
+        _check_metric(trials, metric)
     metric = metric or default_metric(trials)
     keys = swept_keys(trials)
     axes = _heatmap_axes(trials, keys, x, y)
+    where = f"--out {out}" if out is not None else str(root)
     out = Path(out) if out is not None else root
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "read-only or not yours")
+    except OSError as e:
+        raise ReportError(f"{where}: cannot be written ({e.strerror}); pass --out to a writable folder") from None
     rows = table(trials, metric, keys)
     best = best_row(rows, metric)
     notes: dict[str, str] = {}  # figure -> why it was skipped
@@ -161,6 +171,13 @@ def write_report(
     write_atomic(out / "report.html", html_page(context, rows, images, notes, best))
     paths = [out / "report.csv", out / "report.md", *images.values(), out / "report.html"]
     return Report(rows, best, context["best"], paths, notes)
+
+
+def _check_metric(trials: list[Trial], metric: str) -> None:
+    """``--metric`` must be one some trial logged (once any trial has logged anything)."""
+    logged = sorted({k for t in trials for row in t.history for k in row if k != "epoch"})
+    if logged and metric not in logged:
+        raise ReportError(f"--metric {metric}: no trial logged it; choose one of {', '.join(logged)}")
 
 
 def _common_overrides(trials: list[Trial]) -> list[str]:
@@ -220,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         report = write_report(args.folder, args.out, args.metric, args.x, args.y)
     except ReportError as e:
         print(f"transferlab-report: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     for path in report.paths:
         print(f"wrote {path}")
     for note in report.notes.values():

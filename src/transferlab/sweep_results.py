@@ -75,7 +75,9 @@ def _load_trial(run_dir: Path, planned: list[str] | None) -> Trial:
             summary = read_summary(run_dir)
         except (OSError, ValueError):  # not JSON (yet), not an object, unreadable
             summary = {"status": "unreadable"}
-        if any(not isinstance(summary.get(k, {}), dict) for k in ("best", "final", "test", "timings")):
+        if not isinstance(summary.get("timings", {}), dict) or not all(
+            _numbers(summary.get(k, {})) for k in ("best", "final", "test")
+        ):
             summary = {"status": "unreadable", "overrides": summary.get("overrides")}
     overrides = summary.get("overrides")
     if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
@@ -92,6 +94,13 @@ def _load_trial(run_dir: Path, planned: list[str] | None) -> Trial:
             summary = {**summary, "status": "unreadable"}
     status = run_status(run_dir, summary) if isinstance(summary.get("status", ""), str) else "unreadable"
     return Trial(run_dir.name, status, overrides if overrides is not None else planned, summary, history)
+
+
+def _numbers(values: Any) -> bool:
+    """A summary's metrics block: an object of numbers (or nulls)."""
+    return isinstance(values, dict) and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values.values()
+    )
 
 
 def _saved_overrides(run_dir: Path) -> list[str] | None:
