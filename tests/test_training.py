@@ -280,3 +280,39 @@ def test_use_from_python_as_the_readme_shows(tmp_path):
     assert all(torch.equal(start[k], after_probe[k]) for k in start)  # the probe epoch ran on features
     assert any(not torch.equal(start[k], after_fine_tuning[k]) for k in start)
     assert trainer.callback_metrics["val/acc"] > 0.6  # 3 classes: chance is 0.33
+
+
+@pytest.mark.slow
+def test_ddp_scores_every_val_and_test_example_exactly_once(tmp_path):
+    """113 val and 113 test digits on 2 ranks: Lightning's sampler would pad one rank with a repeated example."""
+    from transferlab.eval import evaluate
+
+    from helpers import compose_config, read_summary
+
+    split = ["data.val_fraction=0.21", "data.test_fraction=0.21"]
+    result = run_cli(
+        "transferlab-train",
+        *TINY,
+        *split,
+        "optimizer.lr=1e-5",
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        f"hydra.run.dir={tmp_path}/run",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(tmp_path / "run")
+    assert summary["split_sizes"]["val"] == summary["split_sizes"]["test"] == 113
+    for name, recorded in (("val", summary["best"]), ("test", summary["test"])):
+        scored = evaluate(
+            compose_config(
+                f"ckpt_path={summary['checkpoints']['best']}",
+                f"split={name}",
+                "trainer.accelerator=cpu",
+                f"paths.output_dir={tmp_path}/eval_{name}",
+                config_name="eval",
+            )
+        )
+        assert scored["n"] == 113  # one device, each example once
+        for metric in ("acc", "loss"):
+            assert recorded[f"{name}/{metric}"] == pytest.approx(scored["metrics"][f"{name}/{metric}"], abs=1e-5)

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from transferlab.backbones import Backbone, Inputs, inputs_from_state
@@ -65,6 +65,7 @@ class TransferModule(pl.LightningModule):
         self.val_metrics = collection.clone(prefix="val/")
         self.test_metrics = collection.clone(prefix="test/")
         self.confusion = MulticlassConfusionMatrix(num_classes)
+        self.eval_losses = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test", "target")})
 
     @property
     def binary(self) -> bool:
@@ -101,17 +102,14 @@ class TransferModule(pl.LightningModule):
         loss = self.loss(logits, target)
         probs = self.probabilities(logits)
         metrics.update(probs, target)
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(target),
-            sync_dist=not on_step,
-            add_dataloader_idx=False,  # a labelled target is a second val/test loader, logged as target/
-        )  # val/test loss averaged over DDP ranks; train/loss stays per rank
+        # add_dataloader_idx=False: a labelled target is a second val/test loader, logged as target/.
+        if stage == "train":  # per rank, per step
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(target))
+        else:
+            # A metric's state is summed over DDP ranks: the mean over every example, not a mean of rank means.
+            mean = self.eval_losses[stage]
+            mean.update(loss.detach(), weight=len(target))
+            self.log(f"{stage}/loss", mean, on_step=False, on_epoch=True, prog_bar=True, add_dataloader_idx=False)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "test", add_dataloader_idx=False)
         return loss, probs
 

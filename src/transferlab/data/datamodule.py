@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab.data import digits, images, sources
@@ -155,12 +157,16 @@ class ClassificationDataModule(pl.LightningDataModule):
         sampler = None
         if shuffle:
             sampler = EpochShuffle(dataset) if num_samples is None else CycleShuffle(dataset, num_samples)
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning's DistributedSampler would pad each rank's share with repeated examples, which the metrics
+            # then count twice: each rank gets a disjoint share instead (uneven by at most one).
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         drawn = len(dataset) if num_samples is None else num_samples
         loader = DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            generator=sampler.generator if sampler else None,  # worker seeds too
+            generator=sampler.generator if shuffle else None,  # worker seeds too
             # A last training batch of one example breaks BatchNorm ("more than 1 value per channel"): drop it.
             drop_last=shuffle and drawn % batch_size == 1,
             num_workers=workers,
