@@ -3,11 +3,14 @@
     python scripts/hostile.py [--keep DIR]
 
 Every case runs a console script (transferlab-train, -eval, -predict, -report) in a fresh folder and is judged:
-- clean: the expected outcome; a mistake ends with one ``error:`` line and exit status 2 (a signal: 130/143);
+- clean: the expected outcome; a mistake ends with one ``error:`` line and exit status 2 (a run that fails by
+  itself, such as a diverged loss: exit status 1; a signal: 130/143);
 - traceback: a traceback, Hydra's multi-line block, or an error that is not one line;
 - silent: it went on (exit 0) where it should have refused, or the result is wrong;
 - lost: something the user had (a finished run, an input file) was overwritten or removed.
-The last line is ``N cases: clean X, traceback T, silent S, lost L``. About 5 minutes on 2 CPU cores.
+Each case's folder and the shared finished folders are hashed file by file before its command: a changed or
+removed file outside what the case owns is ``lost``. The last line is ``N cases: clean X, traceback T, silent S,
+lost L``. About 15 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import shutil
 import signal
 import struct
@@ -44,6 +48,8 @@ class Case:
     expect: str = "error"  # error | ok | a custom judge
     judge: Callable[[subprocess.CompletedProcess, Path], str] | None = None
     setup: Callable[[Path], None] | None = None
+    owns: tuple[str, ...] = ()  # folders of the case the command may change (a run it resumes or overwrites)
+    env: dict[str, str] | None = None
 
 
 def run(command: str, *args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
@@ -54,6 +60,14 @@ def one_error_line(result: subprocess.CompletedProcess) -> bool:
     lines = result.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
     return result.returncode == 2 and len(errors) == 1 and lines[-1] == errors[0]
+
+
+def one_failed_line(result: subprocess.CompletedProcess) -> bool:
+    """A run that failed by itself (diverged, features not finite): one ``error:`` line and exit status 1."""
+    lines = result.stderr.strip().splitlines()
+    return (
+        result.returncode == 1 and bool(lines) and lines[-1].startswith("error: ") and "Traceback" not in result.stderr
+    )
 
 
 def verdict(result: subprocess.CompletedProcess, expect: str) -> str:
@@ -122,11 +136,22 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "absent"
 
 
+def snapshot(*folders: Path) -> dict[Path, str]:
+    """Every file under ``folders`` (hidden ones and .hydra/ included) with its hash."""
+    return {p: digest(p) for folder in folders if folder.exists() for p in folder.rglob("*") if p.is_file()}
+
+
+def changed(before: dict[Path, str], owned: list[Path]) -> list[Path]:
+    """Files of ``before`` that were changed or removed, outside the ``owned`` folders."""
+    return [p for p, h in before.items() if digest(p) != h and not any(p.is_relative_to(o) for o in owned)]
+
+
 # --- the cases --------------------------------------------------------------------------------------------------
 
 
-def cases(work: Path, ckpt: Path, done: Path) -> list[Case]:
-    """``ckpt``: a trained 3-class test_resnet checkpoint; ``done``: its completed run folder."""
+def cases(work: Path, ckpt: Path, done: Path, sweep: Path, predicted: Path) -> list[Case]:
+    """``ckpt``: a trained 3-class test_resnet checkpoint; ``done``: its completed run folder; ``sweep``: a finished
+    2-trial sweep folder; ``predicted``: a finished predict run's folder."""
     c: list[Case] = []
     for args in (
         ["optimizer.lrr=1e-3"], ["+optimiser.lr=1e-3"], ["+seed=3"], ["optimizer.lr=[1,2"], ["optimizer.lr=nan"],
@@ -145,8 +170,49 @@ def cases(work: Path, ckpt: Path, done: Path) -> list[Case]:
         ["adapt=dann", "data=digits_m", "adapt.adversarial_weight=nan"], ["adapt=mcc", "data=digits_m", "adapt.temperature=0"],
         ["adapt=dann", "data=digits_m", "schedule=frozen"], ["data=digits_m", "data.target.source=mnist"],
         ["data=digits_m", "data.target.colour=rgb"], ["data=digits_m", "data.photos=/no/such/folder"],
+        # Partial targets (called mid-run), Hydra's own options, the scheduler's ranges.
+        ["+optimizer.lrr=1"], ["+trainer.fast_dev_runn=1"], ["hydra.sweeper.foo=1"],
+        ["+sweep=optuna", "hydra.sweeper.n_trials=abc"], ["optimizer.weight_decay=-1"],
+        ["optimizer=sgd", "optimizer.momentum=-0.5"], ["lr_scheduler.min_lr_ratio=-1"],
+        ["lr_scheduler.warmup_steps=-5"], ["lr_scheduler.warmup_steps=100000"],
+        ["lr_scheduler=step", "lr_scheduler.milestones=[0.8,0.2]"], ["lr_scheduler=step", "lr_scheduler.gamma=0"],
+        ["adapt=dann", "data=digits_m", "adapt.adversarial_weight=1e30"],
+        ["backbone=custom", "backbone.name=null", "backbone.model._target_=torchvision.models.resnett18"],
     ):  # fmt: skip
         c.append(Case(f"train {' '.join(args)}", "transferlab-train", [*TINY, *args]))
+
+    def diverged(result: subprocess.CompletedProcess, case_dir: Path) -> str:
+        if one_failed_line(result) and _status(case_dir / "run") == "failed":
+            return "clean"
+        return "silent" if result.returncode == 0 else "traceback"
+
+    def deeper_vit(case_dir: Path) -> None:
+        import timm
+        from safetensors.torch import save_file
+
+        save_file(timm.create_model("test_vit", depth=7, num_classes=0).state_dict(), case_dir / "deep.safetensors")
+
+    def photos(case_dir: Path) -> None:
+        for i in range(2):
+            photo(case_dir / f"photos/{i}.jpg", seed=i, size=(64, 48))
+        truncated(case_dir / "photos/cut.jpg")
+
+    def linked_class(case_dir: Path) -> None:
+        photo_tree(case_dir / "in")
+        (case_dir / "in/all").symlink_to(case_dir / "in")
+
+    c += [
+        Case("train optimizer.lr=1e12 (diverges)", "transferlab-train", [*TINY, "optimizer.lr=1e12"], judge=diverged),
+        Case("train weights_match=order <a 7-block vit into 6 blocks>", "transferlab-train",
+             [*TINY, "backbone.name=test_vit", "backbone.weights={dir}/deep.safetensors", "backbone.weights_match=order"],
+             setup=deeper_vit),
+        Case("train data=digits_m data.photos=<a truncated jpeg>", "transferlab-train",
+             [*TINY, "data=digits_m", "data.photos={dir}/photos"], setup=photos,
+             judge=lambda r, d: verdict(r, "ok") if "skipped 1 unreadable photo" in r.stderr else "silent"),
+        Case("train data=folder <a class folder linked to its split>", "transferlab-train",
+             [*TINY[:1], "data=folder", "data.root={dir}/in", "trainer.max_epochs=1", "logger=none",
+              "data.input_size=32", "data.num_workers=0"], setup=linked_class),
+    ]  # fmt: skip
 
     # Weights and checkpoints that do not fit.
     def weights(kind: str) -> Callable[[Path], None]:
@@ -221,25 +287,72 @@ def cases(work: Path, ckpt: Path, done: Path) -> list[Case]:
              judge=lambda r, d: verdict(r, "ok") if len(_read(d / "run/predictions.csv").splitlines()) == 6 else "silent"),
         Case("report <malformed trials>", "transferlab-report", ["{dir}/sweep"], expect="ok",
              setup=lambda d: _malformed_sweep(d / "sweep", done)),
+        Case("report --metric val/bogus", "transferlab-report", ["{dir}/sweep", "--metric", "val/bogus"],
+             setup=lambda d: shutil.copytree(sweep, d / "sweep"), judge=_report_refused),
     ]  # fmt: skip
 
-    # The run folder.
+    # The run folder: every file of a finished folder is hashed before the command (main), so a refused command
+    # that rewrote .hydra/ or a log is "lost".
+    def copy(source: Path, name: str, images: bool = False) -> Callable[[Path], None]:
+        def make(case_dir: Path) -> None:
+            shutil.copytree(source, case_dir / name)
+            if images:
+                photo(case_dir / "in/a.jpg", 1)
+                (case_dir / "in/notes.jpg").write_text("not an image: skipped, and never replaced")
+
+        return make
+
+    def emptied(result: subprocess.CompletedProcess, case_dir: Path) -> str:
+        if result.returncode != 0:
+            return verdict(result, "ok")
+        stale = [n for n in ("stale.txt", "predictions.csv") if (case_dir / "redo" / n).exists()]
+        return "silent" if stale or _status(case_dir / "redo") != "completed" else "clean"
+
+    def stale(case_dir: Path) -> None:
+        shutil.copytree(predicted, case_dir / "redo")
+        (case_dir / "redo/stale.txt").write_text("from the run before")
+
+    predict_args = [f"ckpt_path={ckpt}", "input_dir={dir}/in"]
     c += [
-        Case("train into a completed run's folder", "transferlab-train", [*TINY, "hydra.run.dir={dir}/done"],
-             setup=lambda d: shutil.copytree(done, d / "done"),
-             judge=lambda r, d: "lost" if digest(d / "done/summary.json") != digest(done / "summary.json") else verdict(r, "error")),
+        Case("train into a completed run's folder (optimizer.lr=0.5)", "transferlab-train",
+             [*TINY, "optimizer.lr=0.5", "hydra.run.dir={dir}/done"], setup=copy(done, "done")),
         Case("resume a moved run (ckpt_path=last)", "transferlab-train",
              [*TINY, "trainer.max_epochs=2", "ckpt_path=last", "hydra.run.dir={dir}/moved"],
-             setup=lambda d: shutil.copytree(done, d / "moved"), judge=_resumed_in_place),
+             setup=copy(done, "moved"), judge=_resumed_in_place, owns=("moved",)),
         Case("resume a completed run with a mismatched model", "transferlab-train",
-             [*TINY, "data.classes=[0,1]", "ckpt_path=last", "hydra.run.dir={dir}/done"],
-             setup=lambda d: shutil.copytree(done, d / "done"),
-             judge=lambda r, d: "lost" if _status(d / "done") != "completed" else verdict(r, "error")),
+             [*TINY, "data.classes=[0,1]", "ckpt_path=last", "hydra.run.dir={dir}/done"], setup=copy(done, "done")),
         Case("eval into a train run's folder", "transferlab-eval", [f"ckpt_path={ckpt}", "hydra.run.dir={dir}/done"],
-             setup=lambda d: shutil.copytree(done, d / "done"),
-             judge=lambda r, d: "lost" if digest(d / "done/summary.json") != digest(done / "summary.json") else verdict(r, "error")),
+             setup=copy(done, "done")),
+        Case("predict into a train run's folder", "transferlab-predict", [*predict_args, "hydra.run.dir={dir}/done"],
+             setup=copy(done, "done", images=True)),
+        Case("predict into a finished predict folder", "transferlab-predict", [*predict_args, "hydra.run.dir={dir}/p"],
+             setup=copy(predicted, "p", images=True)),
+        Case("predict output=<a skipped file of input_dir> overwrite=true", "transferlab-predict",
+             [*predict_args, "output={dir}/in/notes.jpg", "overwrite=true"], setup=copy(predicted, "p", images=True)),
+        Case("predict output=<an existing file>", "transferlab-predict", [*predict_args, "output={dir}/p/predictions.csv"],
+             setup=copy(predicted, "p", images=True)),
+        Case("eval overwrite=true <a finished folder with stale files>", "transferlab-eval",
+             [f"ckpt_path={ckpt}", "split=val", "overwrite=true", "trainer.accelerator=cpu", "hydra.run.dir={dir}/redo"],
+             setup=stale, judge=emptied, owns=("redo",)),
+        Case("train -m into a finished sweep folder", "transferlab-train",
+             ["-m", *TINY, "test=false", "optimizer.lr=5e-1", "hydra.sweep.dir={dir}/sweep"], setup=copy(sweep, "sweep")),
+        Case("run-folder files get the umask (022)", "transferlab-train", [*TINY, "test=false"], judge=_umask_modes),
     ]  # fmt: skip
     return c
+
+
+def _report_refused(result: subprocess.CompletedProcess, case_dir: Path) -> str:
+    lines = result.stderr.strip().splitlines()
+    if result.returncode == 2 and len(lines) == 1 and lines[0].startswith("transferlab-report: error: "):
+        return "clean"
+    return "silent" if result.returncode == 0 else "traceback"
+
+
+def _umask_modes(result: subprocess.CompletedProcess, case_dir: Path) -> str:
+    if result.returncode != 0:
+        return verdict(result, "ok")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (case_dir / "run").iterdir() if p.is_file()}
+    return "clean" if modes.get("summary.json") == modes.get("metrics.csv") == 0o644 else "silent"
 
 
 def _read(path: Path) -> str:
@@ -263,7 +376,9 @@ def _resumed_in_place(result: subprocess.CompletedProcess, case_dir: Path) -> st
 
 def _malformed_sweep(sweep: Path, done: Path) -> None:
     shutil.copytree(done, sweep / "0")
-    for job, text in (("1", "{not json"), ("2", "[1, 2]"), ("3", '{"status": 7, "best": "x"}')):
+    cases = (("1", "{not json"), ("2", "[1, 2]"), ("3", '{"status": 7, "best": "x"}'),
+             ("4", '{"status": "completed", "best": {"val/acc": "high"}}'))  # fmt: skip
+    for job, text in cases:
         (sweep / job).mkdir(parents=True)
         (sweep / job / "summary.json").write_text(text)
 
@@ -293,23 +408,144 @@ def signal_cases(work: Path) -> list[tuple[str, str]]:
     return out
 
 
-def disk_cases(work: Path) -> list[tuple[str, str]]:
-    """Training onto a full disk (a 600 KB tmpfs), then onto a read-only one; none where no tmpfs can be mounted."""
-    disk = work / "disk"
+def concurrent_case(work: Path) -> list[tuple[str, str]]:
+    """Two trainings started together into one folder: one runs, the other is refused, and the folder's .hydra/
+    holds the config of the one that ran."""
+    run_dir = work / "together"
+    starts = [subprocess.Popen([BIN / "transferlab-train", *TINY, f"optimizer.lr={lr}", f"hydra.run.dir={run_dir}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for lr in ("0.001", "0.002")]  # fmt: skip
+    results = [subprocess.CompletedProcess(p.args, p.wait(timeout=600), "", p.stderr.read()) for p in starts]
+    codes = sorted(r.returncode for r in results)
+    if any("Traceback" in r.stderr for r in results):
+        return [("two trainings into one folder at once", "traceback")]
+    if codes != [0, 2]:
+        return [("two trainings into one folder at once", "silent")]
+    winner = next(lr for lr, r in zip(("0.001", "0.002"), results) if r.returncode == 0)
+    saved = _read(run_dir / ".hydra/overrides.yaml")
+    summary = json.loads(_read(run_dir / "summary.json") or "{}")
+    ok = f"optimizer.lr={winner}" in saved and f"optimizer.lr={winner}" in summary.get("overrides", [])
+    return [("two trainings into one folder at once", "clean" if ok else "lost")]
+
+
+NETWORK = """
+from torch import nn
+
+SCALE = {scale}
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, {width}, 3)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3)) * SCALE
+"""
+
+
+def custom_run(code: Path, cache: Path, run_dir: Path, scale: str, width: int = 8) -> subprocess.CompletedProcess:
+    (code / "netfile.py").write_text(NETWORK.format(scale=scale, width=width))
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    args = ["backbone=custom", "backbone.name=null", "backbone.model._target_=netfile.Net",
+            "backbone.data_config.input_size=[3,32,32]", "schedule=frozen", "test=false"]  # fmt: skip
+    return run("transferlab-train", *TINY, *args, f"data.feature_cache={cache}", f"hydra.run.dir={run_dir}", env=env)
+
+
+def cache_cases(work: Path) -> list[tuple[str, str]]:
+    """A user's own network edited between runs, features beyond fp16's range, features that are NaN."""
+    code, cache = work / "code", work / "cache"
+    code.mkdir()
+    hits = []
+    for name, scale in (("a", "1.0"), ("b", "1e6")):
+        result = custom_run(code, cache, work / f"cache-{name}", scale)
+        if result.returncode != 0:
+            return [("the cache notices an edited forward()", verdict(result, "ok"))]
+        hits.append([e["hit"] for e in json.loads(_read(work / f"cache-{name}/summary.json"))["feature_cache"]])
+    entry = json.loads(_read(work / "cache-b/summary.json"))["feature_cache"][-1]["file"]
+    values = np.load(entry)
+    out = [("the cache notices an edited forward()", "clean" if hits[1] == [False, False] else "silent"),
+           ("features beyond fp16's range are kept", "clean" if np.isfinite(values).all() else "silent")]  # fmt: skip
+    broken = custom_run(code, cache, work / "cache-nan", "float('nan')")
+    leftovers = [p for p in cache.iterdir() if p.suffix != ".npy"]
+    ok = one_failed_line(broken) and _status(work / "cache-nan") == "failed" and not leftovers
+    out.append(("NaN features", "clean" if ok else "traceback" if "Traceback" in broken.stderr else "silent"))
+    return out
+
+
+def ddp_case(work: Path) -> list[tuple[str, str]]:
+    """2 DDP processes on 113 test digits: the recorded test/acc must be the checkpoint's on one device."""
+    run_dir = work / "ddp"
+    trained = run("transferlab-train", *TINY, "data.test_fraction=0.21", "data.val_fraction=0.21", "optimizer.lr=1e-5",
+                  "trainer.strategy=ddp", "trainer.devices=2", f"hydra.run.dir={run_dir}")  # fmt: skip
+    if trained.returncode != 0:
+        return [("DDP scores each test example once", verdict(trained, "ok"))]
+    summary = json.loads(_read(run_dir / "summary.json"))
+    scored = run("transferlab-eval", f"ckpt_path={summary['checkpoints']['best']}", "trainer.accelerator=cpu",
+                 f"hydra.run.dir={work}/ddp-eval")  # fmt: skip
+    if scored.returncode != 0:
+        return [("DDP scores each test example once", verdict(scored, "ok"))]
+    again = json.loads(_read(work / "ddp-eval/summary.json"))["metrics"]["test/acc"]
+    return [
+        ("DDP scores each test example once", "clean" if abs(again - summary["test"]["test/acc"]) < 1e-6 else "silent")
+    ]
+
+
+def mounted(disk: Path, size: str) -> bool:
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True).returncode:
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        == 0
+    )
+
+
+def disk_cases(work: Path, sweep: Path) -> list[tuple[str, str]]:
+    """Training onto a full disk (a 600 KB tmpfs), then onto a read-only one; features onto a full cache; the
+    report onto a read-only sweep folder. None where no tmpfs can be mounted."""
+    disk, small, report = work / "disk", work / "small-cache", work / "ro-sweep"
+    if not mounted(disk, "600k"):
         print("(no full or read-only disk cases: cannot mount a tmpfs here)")
         return []
     try:
         result = run("transferlab-train", *TINY, f"hydra.run.dir={disk}/run")
         temporary = (".partial", ".tmp", ".summary.json.")
         leftovers = [p for p in disk.rglob("*") if any(t in p.name for t in temporary)]
-        out = [("train onto a full disk", "lost" if leftovers else verdict(result, "error"))]
+        outcome = "lost" if leftovers else verdict(result, "error")
+        if outcome == "clean" and _status(disk / "run") != "failed":
+            outcome = "silent"  # summary.json must say how the run ended
+        out = [("train onto a full disk", outcome)]
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         read_only = run("transferlab-train", *TINY, f"hydra.run.dir={disk}/other")
-        return [*out, ("train onto a read-only disk", verdict(read_only, "error"))]
+        out.append(("train onto a read-only disk", verdict(read_only, "error")))
+
+        mounted(small, "64k")
+        (work / "code").mkdir(exist_ok=True)
+        full = custom_run(work / "code", small, work / "small-run", "1.0", width=512)
+        left = list(small.iterdir())
+        outcome = "lost" if left else verdict(full, "error")
+        out.append(
+            (
+                "features onto a full cache disk",
+                "silent" if outcome == "clean" and _status(work / "small-run") != "failed" else outcome,
+            )
+        )
+
+        mounted(report, "4m")
+        shutil.copytree(sweep, report / "sweep")
+        subprocess.run(["mount", "-o", "remount,ro", str(report)], check=True)
+        out.append(
+            (
+                "report on a read-only sweep folder",
+                _report_refused(run("transferlab-report", str(report / "sweep")), report),
+            )
+        )
+        out.append(("report --out <read-only>", _report_refused(
+            run("transferlab-report", str(sweep), "--out", str(report / "out")), report)))  # fmt: skip
+        return out
     finally:
-        subprocess.run(["umount", str(disk)], check=False)
+        for folder in (disk, small, report):
+            subprocess.run(["umount", str(folder)], check=False, capture_output=True)
 
 
 def main() -> int:
@@ -318,27 +554,42 @@ def main() -> int:
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="transferlab-hostile-"))
     work.mkdir(parents=True, exist_ok=True)
-    done = work / "trained"
-    trained = run("transferlab-train", *TINY, f"hydra.run.dir={done}")
-    if trained.returncode != 0:
-        print(trained.stderr[-3000:], file=sys.stderr)
-        return 1
+    os.umask(0o022)  # what a teammate's shell has: run-folder files must be readable by the group and others
+    done, sweep, predicted = work / "trained", work / "sweep", work / "predicted"
+    photo(work / "images/a.jpg", 1)
+    for made in (
+        run("transferlab-train", *TINY, f"hydra.run.dir={done}"),
+        run("transferlab-train", "-m", *TINY, "test=false", "optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"),
+        run("transferlab-predict", f"ckpt_path={done}/checkpoints/best.ckpt", f"input_dir={work}/images",
+            f"hydra.run.dir={predicted}"),
+    ):  # fmt: skip
+        if made.returncode != 0:
+            print(made.stderr[-3000:], file=sys.stderr)
+            return 1
     ckpt = done / "checkpoints/best.ckpt"
     results: list[tuple[str, str]] = []
-    for i, case in enumerate(cases(work, ckpt, done)):
+    for i, case in enumerate(cases(work, ckpt, done, sweep, predicted)):
         case_dir = work / f"case{i:02d}"
         case_dir.mkdir()
         if case.setup:
             case.setup(case_dir)
         argv = [a.replace("{dir}", str(case_dir)) for a in case.args]
-        if not any(a.startswith("hydra.run.dir=") for a in argv) and case.command != "transferlab-report":
+        if not any(a.startswith(("hydra.run.dir=", "-m")) for a in argv) and case.command != "transferlab-report":
             argv.append(f"hydra.run.dir={case_dir}/run")
-        result = run(case.command, *argv)
-        results.append((case.name, case.judge(result, case_dir) if case.judge else verdict(result, case.expect)))
+        before = snapshot(case_dir, done, sweep, predicted)
+        result = run(case.command, *argv, env=case.env)
+        outcome = case.judge(result, case_dir) if case.judge else verdict(result, case.expect)
+        lost = changed(before, [case_dir / o for o in case.owns])
+        results.append((case.name, "lost" if lost else outcome))
         print(f"{results[-1][1]:>9}  {case.name}", flush=True)
         if results[-1][1] != "clean":
-            print("           " + (result.stderr.strip().splitlines() or ["(no output)"])[-1][:300], flush=True)
-    for name, outcome in signal_cases(work) + disk_cases(work):
+            detail = f"changed: {', '.join(str(p.relative_to(work)) for p in lost[:3])}" if lost else ""
+            print(
+                "           " + (detail or (result.stderr.strip().splitlines() or ["(no output)"])[-1][:300]),
+                flush=True,
+            )
+    special = signal_cases(work) + concurrent_case(work) + cache_cases(work) + ddp_case(work) + disk_cases(work, sweep)
+    for name, outcome in special:
         results.append((name, outcome))
         print(f"{outcome:>9}  {name}", flush=True)
     counts = {k: sum(outcome == k for _, outcome in results) for k in ("clean", "traceback", "silent", "lost")}

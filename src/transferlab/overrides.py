@@ -4,6 +4,7 @@ multi-line report. The values themselves are checked later, by the code that own
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 from transferlab.cli import first_line as _first_line
@@ -80,9 +81,9 @@ def _check_unclaimed(argv: list[str], cfg, task: str) -> None:
     folder = next((v for k, _, v in (a.partition("=") for a in argv) if k == option and v), None)
     if folder is None:
         return  # the default folders are new: named to the microsecond
-    from pytorch_lightning.utilities import rank_zero_only
-
-    if rank_zero_only.rank != 0:  # a DDP worker re-runs the command line; rank 0 has claimed the folder
+    # A DDP worker re-runs the command line (rank 0 has claimed the folder). The variables Lightning reads its
+    # rank from, read here: importing Lightning before Hydra sets up logging would give it a second log handler.
+    if any(os.environ.get(v, "0") != "0" for v in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")):
         return
     resuming = task == "train" and bool(cfg.get("ckpt_path"))
     if multirun:
@@ -93,7 +94,6 @@ def _check_unclaimed(argv: list[str], cfg, task: str) -> None:
 
 def _check_writable(argv: list[str]) -> None:
     """The run (or sweep) folder must be writable: Hydra writes into it before any job code runs."""
-    import os
 
     option, folder = "hydra.run.dir", "outputs"  # the default run and sweep folders are under ./outputs
     for arg in argv:
