@@ -281,6 +281,36 @@ def test_a_refused_second_run_leaves_the_finished_folder_byte_for_byte(tmp_path)
 
 
 @pytest.mark.slow
+def test_of_two_runs_started_together_into_one_folder_the_refused_one_writes_nothing_there(tmp_path):
+    run = tmp_path / "run"
+    starts = {
+        lr: subprocess.Popen(
+            [BIN / "transferlab-train", *TINY, f"optimizer.lr={lr}", f"hydra.run.dir={run}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for lr in ("0.001", "0.002")
+    }
+    ended = {lr: (p.wait(timeout=300), p.stderr.read()) for lr, p in starts.items()}
+    assert sorted(code for code, _ in ended.values()) == [0, 2], ended
+    winner = next(lr for lr, (code, _) in ended.items() if code == 0)
+    loser = next(err for code, err in ended.values() if code == 2)
+    assert loser.strip().splitlines()[-1].startswith(f"error: paths.output_dir={run}: ")
+    assert f"optimizer.lr={winner}" in (run / ".hydra/overrides.yaml").read_text()
+    assert f"optimizer.lr={winner}" in read_summary(run)["overrides"]
+
+    from filelock import FileLock
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with FileLock(str(busy / ".lock")):  # a run that has just started there, before its first summary.json
+        result = run_cli("transferlab-train", *TINY, f"hydra.run.dir={busy}")
+    assert "another run (another process) is using this folder" in _one_error_line(result)
+    assert sorted(p.name for p in busy.iterdir()) == [".lock"]  # Hydra wrote no .hydra/ there
+
+
+@pytest.mark.slow
 def test_a_sweep_into_a_finished_sweep_folder_is_refused_before_hydra_writes(tmp_path):
     sweep = tmp_path / "sweep"
     args = [*TINY, "test=false", "optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"]

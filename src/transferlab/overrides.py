@@ -74,7 +74,7 @@ def check_overrides(argv: list[str], root: str | Path, config_name: str) -> None
 def _check_unclaimed(argv: list[str], cfg, task: str) -> None:
     """A run folder (``hydra.run.dir``) or sweep folder (``hydra.sweep.dir``, with ``-m``) that holds another run
     or sweep is refused here, by the claim the task makes itself, before Hydra writes its files into it."""
-    from transferlab.run_folder import claim, claim_sweep
+    from transferlab.run_folder import claim, claim_sweep, hold
 
     multirun = any(a in COMMAND_FLAGS for a in argv)
     option = "hydra.sweep.dir" if multirun else "hydra.run.dir"
@@ -89,6 +89,7 @@ def _check_unclaimed(argv: list[str], cfg, task: str) -> None:
     if multirun:
         claim_sweep(Path(folder).expanduser(), resuming=resuming, overwrite=bool(cfg.get("overwrite")))
     else:
+        hold(Path(folder).expanduser())
         claim(Path(folder).expanduser(), task, resuming=resuming, overwrite=bool(cfg.get("overwrite")))
 
 

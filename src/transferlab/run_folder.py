@@ -162,13 +162,30 @@ def _empty(folder: Path, keep: tuple[str, ...]) -> None:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
+_LOCKS: dict[Path, Any] = {}  # one FileLock per folder in this process, so that holding it again nests
+
+
+def hold(run_dir: Path) -> None:
+    """Take the run folder's lock for the rest of this process: the command line takes it before Hydra writes
+    ``.hydra/`` into the folder, so that of two commands started together the refused one writes nothing there."""
+    _acquire(run_dir)
+
+
 @contextmanager
 def locked(run_dir: Path) -> Iterator[None]:
     """Hold the run folder's lock; another run holding it is a one-line error."""
+    lock = _acquire(run_dir)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _acquire(run_dir: Path):
     from filelock import FileLock, Timeout
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(run_dir / LOCK), timeout=0)
+    lock = _LOCKS.setdefault(run_dir.resolve(), FileLock(str(run_dir / LOCK), timeout=0))
     try:
         lock.acquire()
     except Timeout:
@@ -180,10 +197,7 @@ def locked(run_dir: Path) -> Iterator[None]:
         raise ConfigError(
             f"paths.output_dir={run_dir}: another run ({who}) is using this folder; wait for it or choose another"
         ) from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return lock
 
 
 @contextmanager
