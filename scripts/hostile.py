@@ -262,7 +262,7 @@ def cases(work: Path, ckpt: Path, done: Path, sweep: Path, predicted: Path) -> l
     ]  # fmt: skip
 
     # Images: broken and odd files.
-    def predicted(result: subprocess.CompletedProcess, case_dir: Path) -> str:
+    def labelled_16(result: subprocess.CompletedProcess, case_dir: Path) -> str:
         out = case_dir / "run/predictions.csv"
         if result.returncode != 0 or not out.is_file():
             return verdict(result, "ok")
@@ -272,7 +272,7 @@ def cases(work: Path, ckpt: Path, done: Path, sweep: Path, predicted: Path) -> l
 
     c += [
         Case("predict <a truncated jpeg among 16>", "transferlab-predict", [f"ckpt_path={ckpt}", "input_dir={dir}/in"],
-             setup=lambda d: photo_tree(d / "in", {"cat/cut.jpg": truncated}), judge=predicted),
+             setup=lambda d: photo_tree(d / "in", {"cat/cut.jpg": truncated}), judge=labelled_16),
         Case("train data=folder <a truncated jpeg> bad_files=error", "transferlab-train",
              [*TINY[:1], "data=folder", "data.root={dir}/in", "data.bad_files=error", "data.val_fraction=0.25",
               "trainer.max_epochs=1", "logger=none", "data.input_size=32", "data.num_workers=0"],

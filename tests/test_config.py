@@ -17,6 +17,7 @@ CONF = Path(conf_dir())
 REQUIRED = {
     "backbone/custom": ["backbone.model._target_=cifar_resnet.resnet20"],
     "data/folder": ["data.root=/tmp"],
+    "data/text": ["data.root=/tmp"],
     # Adaptation needs target images: the offline pair.
     **{f"adapt/{method}": ["data=digits_m"] for method in ("dann", "cdan", "mcc", "dann_mcc")},
     # These read the digits_source run's checkpoint, which the quickstart makes first.
@@ -149,7 +150,7 @@ def test_missing_required_value_is_named():
 
 
 def test_unknown_group_option_is_one_line():
-    with pytest.raises(ConfigError, match=r"^backbone=timmm: unknown option; choose one of custom, timm$"):
+    with pytest.raises(ConfigError, match=r"^backbone=timmm: unknown option; choose one of custom, hf, timm$"):
         check_group_choices(["backbone=timmm"], CONF)
     with pytest.raises(ConfigError, match=r"^schedule=cyclic: unknown option"):
         check_group_choices(["-m", "schedule=full,cyclic"], CONF)

@@ -244,7 +244,10 @@ def test_a_refused_second_run_leaves_the_finished_folder_byte_for_byte(tmp_path)
     ):
         result = run_cli(command, *args, f"hydra.run.dir={run}")
         assert _one_error_line(result).startswith(f"error: paths.output_dir={run}: holds a completed train run")
-    assert _files(run) == before  # .hydra/ included
+    # A resume refused once the model is built (Hydra has written its files by then): they are put back.
+    resume = run_cli("transferlab-train", *TINY, "data.classes=[0,1]", "ckpt_path=last", f"hydra.run.dir={run}")
+    assert "a checkpoint of another model" in _one_error_line(resume)
+    assert _files(run) == before  # .hydra/ and train.log included
 
     predicted = tmp_path / "predicted"
     assert run_cli("transferlab-predict", ckpt, f"input_dir={images}", f"hydra.run.dir={predicted}").returncode == 0

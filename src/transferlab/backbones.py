@@ -1,7 +1,8 @@
 """Backbones: what turns a batch of inputs into pooled features, and knows how its inputs are prepared.
 
 :class:`Backbone` is the interface every kind shares; :func:`create_backbone` makes an image backbone (any timm
-model by name, or any ``nn.Module`` a user builds, without its classifier). A new kind of backbone is a factory
+model by name, or any ``nn.Module`` a user builds, without its classifier); :mod:`transferlab.text_backbones` makes
+a text one. A new kind of backbone is a factory
 returning a :class:`Backbone` with its own inputs object, registered in ``INPUT_KINDS``.
 """
 
@@ -19,6 +20,7 @@ from transferlab.errors import ConfigError
 from transferlab.image_inputs import ImageInputs
 from transferlab.layer_groups import LayerGroup
 from transferlab.layer_groups import layer_groups as layer_groups_of
+from transferlab.text_inputs import TextInputs
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class Inputs(Protocol):
     def state(self) -> dict[str, Any]: ...  # saved in checkpoints; inputs_from_state reads it back
 
 
-INPUT_KINDS: dict[str, Any] = {"image": ImageInputs}
+INPUT_KINDS: dict[str, Any] = {"image": ImageInputs, "text": TextInputs}
 
 
 def inputs_from_state(state: dict[str, Any]) -> Inputs:

@@ -26,14 +26,18 @@ def cli_main(hydra_main: Callable[[], None], config_name: str) -> Callable[[], N
 
     @functools.wraps(hydra_main)
     def main() -> None:
-        from transferlab.overrides import check_overrides
+        from transferlab.overrides import COMMAND_FLAGS, check_overrides, named_folder
+        from transferlab.run_folder import hydra_files_kept
 
+        argv = sys.argv[1:]
         try:
-            check_overrides(sys.argv[1:], conf_dir(), config_name)
+            check_overrides(argv, conf_dir(), config_name)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        hydra_main()
+        folder = None if any(a in COMMAND_FLAGS for a in argv) else named_folder(argv)
+        with hydra_files_kept(Path(folder).expanduser()) if folder else contextlib.nullcontext():
+            hydra_main()
 
     return main
 

@@ -77,8 +77,7 @@ def _check_unclaimed(argv: list[str], cfg, task: str) -> None:
     from transferlab.run_folder import claim, claim_sweep, hold
 
     multirun = any(a in COMMAND_FLAGS for a in argv)
-    option = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    folder = next((v for k, _, v in (a.partition("=") for a in argv) if k == option and v), None)
+    folder = named_folder(argv)
     if folder is None:
         return  # the default folders are new: named to the microsecond
     # A DDP worker re-runs the command line (rank 0 has claimed the folder). The variables Lightning reads its
@@ -91,6 +90,12 @@ def _check_unclaimed(argv: list[str], cfg, task: str) -> None:
     else:
         hold(Path(folder).expanduser())
         claim(Path(folder).expanduser(), task, resuming=resuming, overwrite=bool(cfg.get("overwrite")))
+
+
+def named_folder(argv: list[str]) -> str | None:
+    """The run folder (``hydra.run.dir``; with ``-m``, the sweep folder ``hydra.sweep.dir``) the command line names."""
+    option = "hydra.sweep.dir" if any(a in COMMAND_FLAGS for a in argv) else "hydra.run.dir"
+    return next((v for k, _, v in (a.partition("=") for a in argv) if k == option and v), None)
 
 
 def _check_writable(argv: list[str]) -> None:

@@ -32,12 +32,12 @@ HEARTBEAT_S = 30.0
 DEAD_AFTER_S = 4 * HEARTBEAT_S
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | bytes) -> None:
     """Write to a temporary file, then rename: a reader never sees half a file, and a failed write leaves the old
     file whole and nothing beside it. On a full disk, a text that fits the blocks the old file holds is written
     over it in place (how a run's last summary still says ``failed`` when the disk filled up)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode()
+    data = text if isinstance(text, bytes) else text.encode()
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
@@ -160,6 +160,23 @@ def _empty(folder: Path, keep: tuple[str, ...]) -> None:
     for entry in folder.iterdir():
         if entry.name not in keep:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+@contextmanager
+def hydra_files_kept(run_dir: Path) -> Iterator[None]:
+    """A command that leaves the folder's summary.json as it was (a resume refused once the model is built) leaves
+    the files Hydra wrote for it (``.hydra/``, ``<task>.log``) as they were too: they describe the run that is
+    there, not the command that was refused."""
+    summary = run_dir / SUMMARY
+    before = summary.read_bytes() if summary.is_file() else None
+    kept = {p: p.read_bytes() for p in [*run_dir.glob(".hydra/*"), *run_dir.glob("*.log")] if p.is_file()}
+    try:
+        yield
+    finally:
+        if before is not None and summary.is_file() and summary.read_bytes() == before:
+            for path, data in kept.items():
+                if not path.is_file() or path.read_bytes() != data:
+                    write_atomic(path, data)
 
 
 _LOCKS: dict[Path, Any] = {}  # one FileLock per folder in this process, so that holding it again nests

@@ -12,7 +12,7 @@ from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from transferlab.data import digits, images, sources
+from transferlab.data import digits, images, sources, texts
 from transferlab.data.options import check_digit_classes, check_options
 from transferlab.data.sampling import CycleShuffle, EpochShuffle
 from transferlab.errors import ConfigError
@@ -62,6 +62,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         cache_images: bool = False,
         output_dir: str | None = None,
         photos: str | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        bad_rows: str = "skip",
         features: FeatureServing | None = None,
     ):
         super().__init__()
@@ -81,11 +84,20 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.features = features
         from transferlab.image_inputs import ImageInputs  # the default: image inputs import data.transforms
 
-        overrides = {"input_size": input_size, "mean": mean, "std": std}
-        self.inputs = (inputs or ImageInputs()).override(**{k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in {"input_size": input_size, "mean": mean, "std": std}.items() if v is not None}
+        self.inputs = inputs or ImageInputs()
+        if overrides:  # image options (check_options refuses them for texts)
+            self.inputs = self.inputs.override(**overrides)
+        if (self.inputs.kind == "text") != (source == "text"):
+            fix = "a text backbone (backbone=hf)" if source == "text" else "data=text"
+            raise ConfigError(f"data.source={source}: the backbone takes {self.inputs.kind}s; use {fix}")
 
         # Listing is cheap and catches layout mistakes before any model is built.
-        self._raw, self.class_names = _list_source(source, root, classes, photos)
+        if source == "text":
+            listing = self.output_dir
+            self._raw, self.class_names = texts.scan_texts(root, text_column, label_column, bad_rows, listing)
+        else:
+            self._raw, self.class_names = _list_source(source, root, classes, photos)
         self.num_classes = len(self.class_names)
         self._datasets: dict[str, sources.LabeledImages] = {}
 
@@ -106,9 +118,12 @@ class ClassificationDataModule(pl.LightningDataModule):
         train_tf = self.inputs.transform(self.augment, train=True)
         eval_tf = self.inputs.transform(self.augment, train=False)
         return {
-            name: sources.LabeledImages(split, train_tf if name.endswith("train") else eval_tf)
+            name: self._dataset(split, train_tf if name.endswith("train") else eval_tf)
             for name, split in splits.items()
         }
+
+    def _dataset(self, split: sources.Split, transform) -> Dataset:
+        return (texts.LabeledTexts if self.source == "text" else sources.LabeledImages)(split, transform)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", self.datasets["train"], shuffle=True)
@@ -191,7 +206,7 @@ class ClassificationDataModule(pl.LightningDataModule):
     def eval_view(self, split: str) -> sources.LabeledImages:
         """``split`` with the eval transform (no augmentation): what the exact probe's features come from."""
         dataset = self.datasets[split]
-        return sources.LabeledImages(sources.Split(dataset.items, dataset.labels), self.inputs.transform("none", False))
+        return self._dataset(sources.Split(dataset.items, dataset.labels), self.inputs.transform("none", False))
 
     def _pin_memory(self) -> bool:
         """data.pin_memory, or when unset: pin on CUDA, where it lets host-to-device copies overlap compute."""

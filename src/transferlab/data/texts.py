@@ -1,0 +1,165 @@
+"""Where texts come from: CSV, TSV or JSON-lines files with a text and a label column.
+
+``data.root`` is a folder holding ``train``, ``val`` and optionally ``test`` files (``train.csv``, ``val.tsv``,
+``test.jsonl``, ...), or one file, split by data.val_fraction and data.test_fraction. Rows that cannot be used
+(empty text, no label, bytes that are not UTF-8, a val or test label that train lacks) are skipped and listed in
+the run folder's ``bad_rows.txt``, or are one line with ``data.bad_rows=error``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from transferlab.batches import Batch
+from transferlab.data.sources import SPLITS, Split
+from transferlab.errors import ConfigError
+
+TEXT_FORMATS = (".csv", ".tsv", ".jsonl")
+BAD_ROWS = "bad_rows.txt"
+
+
+class LabeledTexts(Dataset):
+    """:class:`~transferlab.batches.Batch` items (token ids, label) of a :class:`Split` of texts."""
+
+    def __init__(self, split: Split, transform: Callable):
+        self.items, self.labels, self.transform = split.items, split.labels, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Batch:
+        return Batch(self.transform(self.items[index]), int(self.labels[index]))
+
+    def fingerprint(self) -> str:
+        """Hash of the texts, labels and tokenization (the feature cache's key)."""
+        h = hashlib.blake2b(np.ascontiguousarray(self.labels).data, digest_size=16)
+        for text in self.items:
+            h.update(text.encode("utf-8", "surrogateescape") + b"\0")
+        h.update(repr(self.transform).encode())
+        return h.hexdigest()
+
+
+def scan_texts(
+    root: str, text_column: str, label_column: str, bad_rows: str, listing_dir: Path | None
+) -> tuple[dict[str, Split], list[str]]:
+    """The splits of ``data.root`` (see the module) with their labels as indices into the sorted class names of
+    train (or of the one file), and those class names."""
+    path = Path(root).expanduser()
+    files = _split_files(path, root)
+    rows: dict[str, list[tuple[int, str, str]]] = {}
+    bad: list[str] = []
+    for split, file in files.items():
+        rows[split] = _read_rows(file, text_column, label_column, bad)
+    first = "train" if "train" in rows else "all"
+    class_names = sorted({label for _, _, label in rows[first]})
+    if len(class_names) < 2:
+        raise ConfigError(
+            f"data.root={root}: {len(class_names)} label(s) {class_names} in data.label_column={label_column} of "
+            f"{files[first].name}; a classifier needs at least 2"
+        )
+    index = {name: i for i, name in enumerate(class_names)}
+    splits = {}
+    for split, found in rows.items():
+        for line, _, label in found:
+            if label not in index:
+                bad.append(f"{files[split]}: row {line}: label {label!r} is not among train's labels")
+        kept = [(text, index[label]) for _, text, label in found if label in index]
+        if not kept:
+            raise ConfigError(f"data.root={root}: no usable row in {files[split].name}; check data.text_column")
+        splits[split] = Split([t for t, _ in kept], np.array([y for _, y in kept], dtype=np.int64))
+    if bad:
+        _report(bad, bad_rows, root, listing_dir)
+    return splits, class_names
+
+
+def _split_files(path: Path, root: str) -> dict[str, Path]:
+    if path.is_file():
+        if path.suffix.lower() not in TEXT_FORMATS:
+            raise ConfigError(f"data.root={root}: not a {', '.join(TEXT_FORMATS)} file; give one, or a folder of them")
+        return {"all": path}
+    if not path.is_dir():
+        raise ConfigError(f"data.root={root}: no such file or folder; give a text file or a folder of train/val files")
+    files = {}
+    for split in SPLITS:
+        found = sorted(p for p in path.iterdir() if p.stem == split and p.suffix.lower() in TEXT_FORMATS)
+        if len(found) > 1:
+            raise ConfigError(
+                f"data.root={root}: {len(found)} {split} files ({found[0].name}, {found[1].name}); keep one"
+            )
+        if found:
+            files[split] = found[0]
+    if "train" not in files or "val" not in files:
+        raise ConfigError(
+            f"data.root={root}: needs train and val files (train.csv, val.csv; or .tsv, .jsonl), found "
+            f"{', '.join(p.name for p in files.values()) or 'none'}; or give one file, split by data.val_fraction"
+        )
+    return files
+
+
+def _read_rows(file: Path, text_column: str, label_column: str, bad: list[str]) -> list[tuple[int, str, str]]:
+    """(row number, text, label) of each usable row; what is wrong with the others goes to ``bad``."""
+    # surrogateescape: a byte that is not UTF-8 marks its row as bad instead of stopping the read
+    with open(file, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        if file.suffix.lower() == ".jsonl":
+            records = []
+            for text in f:
+                if not text.strip():
+                    continue
+                try:
+                    record = json.loads(text)
+                except ValueError:
+                    record = None
+                records.append(record if isinstance(record, dict) else {"\0bad": "not a JSON object"})
+            columns = set().union(*(r for r in records if "\0bad" not in r)) if records else set()
+        else:
+            reader = csv.DictReader(f, delimiter="\t" if file.suffix.lower() == ".tsv" else ",")
+            records = list(reader)
+            columns = set(reader.fieldnames or ())
+    for option, column in (("text_column", text_column), ("label_column", label_column)):
+        if column not in columns:
+            raise ConfigError(
+                f"data.{option}={column}: {file.name} has no such column; choose one of {', '.join(sorted(columns))}"
+            )
+    rows = []
+    for line, record in enumerate(records, start=1):
+        text, label = record.get(text_column), record.get(label_column)
+        problem = record.get("\0bad") or _problem(text, label)
+        if problem:
+            bad.append(f"{file}: row {line}: {problem}")
+        else:
+            rows.append((line, str(text).strip(), str(label).strip()))
+    return rows
+
+
+def _problem(text, label) -> str | None:
+    if text is None or not str(text).strip():
+        return "empty text"
+    if label is None or not str(label).strip():
+        return "no label"
+    if any("\udc80" <= c <= "\udcff" for c in str(text) + str(label)):
+        return "bytes that are not UTF-8"
+    return None
+
+
+def _report(bad: list[str], policy: str, root: str, listing_dir: Path | None) -> None:
+    if policy == "error":
+        raise ConfigError(f"data.bad_rows=error: {bad[0]}; fix the row or set data.bad_rows=skip")
+    where = ""
+    if listing_dir is not None:
+        from transferlab.run_folder import write_atomic
+
+        write_atomic(Path(listing_dir) / BAD_ROWS, "".join(f"{line}\n" for line in bad))
+        where = f", listed in {Path(listing_dir) / BAD_ROWS}"
+    warnings.warn(
+        f"data.bad_rows=skip: skipped {len(bad)} row(s) of data.root={root}{where} (set data.bad_rows=error to "
+        "stop instead)",
+        stacklevel=3,
+    )

