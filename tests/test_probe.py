@@ -95,3 +95,24 @@ def test_the_sgd_probe_is_one_option_away_and_the_exact_one_needs_a_linear_head(
     assert "probe" not in sgd and completed(sgd)
     with pytest.raises(ConfigError, match=r"^schedule.probe=exact: fits a linear head"):
         train(make_cfg("schedule=frozen", "head=mlp", "test=false", run="mlp"))
+
+
+@pytest.mark.parametrize("classes", [[0, 1], [0, 1, 2]])
+def test_class_weights_weigh_the_probe_as_scikit_learns_class_weight(classes):
+    """Unbalanced digits (every example of the first class, a fifth of the others), balanced weights, one C."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from transferlab.module import class_weights_for
+    from transferlab.probe import fit_logistic
+
+    x, y = load_digits(return_X_y=True)
+    keep = np.flatnonzero(np.isin(y, classes))
+    keep = np.array([i for k, i in enumerate(keep) if y[i] == classes[0] or k % 5 == 0])
+    x, y = x[keep] / 16.0, np.searchsorted(classes, y[keep])
+    weights = class_weights_for("balanced", y, [str(c) for c in classes])
+    assert weights[0] < 1 < weights[-1]  # the common class weighs less
+    ours = fit_logistic(x, y, len(classes), c=0.05, class_weights=np.array(weights))
+    theirs = LogisticRegression(C=0.05, class_weight="balanced", tol=1e-8, max_iter=5000).fit(x, y)
+    np.testing.assert_allclose(ours[0], theirs.coef_, atol=2e-3)
+    np.testing.assert_allclose(ours[1], theirs.intercept_, atol=2e-3)

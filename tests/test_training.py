@@ -316,3 +316,22 @@ def test_ddp_scores_every_val_and_test_example_exactly_once(tmp_path):
         assert scored["n"] == 113  # one device, each example once
         for metric in ("acc", "loss"):
             assert recorded[f"{name}/{metric}"] == pytest.approx(scored["metrics"][f"{name}/{metric}"], abs=1e-5)
+
+
+def test_class_weights_weigh_the_loss_and_are_recorded(make_cfg):
+    from transferlab.module import load_module
+
+    summary = train(make_cfg("class_weights=balanced", "data.samples_per_class=null", run="balanced"))
+    assert completed(summary) and len(summary["class_weights"]) == 3
+    module = load_module(summary["checkpoints"]["best"])
+    assert module.class_weights.tolist() == pytest.approx(summary["class_weights"])
+    logits, target = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), torch.tensor([1, 2])
+    by_hand = torch.nn.functional.cross_entropy(logits, target, weight=module.class_weights)
+    assert module.loss(logits, target) == pytest.approx(by_hand.item())
+
+    summary = train(make_cfg("class_weights=[1,2,3]", run="listed"))
+    assert summary["class_weights"] == [1.0, 2.0, 3.0]
+    with pytest.raises(ConfigError, match=r"^class_weights=\[1, 2\]: 2 weights for 3 classes \(0, 1, 2\)"):
+        train(make_cfg("class_weights=[1,2]", run="short"))
+    with pytest.raises(ConfigError, match=r"^class_weights=heavy: use null, balanced, or a list"):
+        train(make_cfg("class_weights=heavy", run="bad"))

@@ -64,6 +64,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("monitor_mode") not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.get('monitor_mode')}: use min or max")
 
+    from transferlab.module import check_class_weights
+
+    check_class_weights(cfg.get("class_weights"))
     smoothing = cfg.get("label_smoothing", 0.0)
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
         raise ConfigError(f"label_smoothing={smoothing}: use a number in [0, 1)")

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from transferlab.backbones import Backbone, Inputs, inputs_from_state
 from transferlab.batches import Batch, FeatureBatch
+from transferlab.errors import ConfigError
 from transferlab.optim import LrSchedulerFactory, ParamGroup, param_groups
 
 
@@ -36,6 +37,7 @@ class TransferModule(pl.LightningModule):
         lr_scheduler: LrSchedulerFactory | None = None,
         lr_scales: Mapping[str, float] | None = None,
         label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
         filter_bias_and_bn: bool = True,
         inputs: Inputs | None = None,
         metadata: dict[str, Any] | None = None,
@@ -50,8 +52,13 @@ class TransferModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scales = dict(lr_scales or {name: 1.0 for name in [g.name for g in self.layer_groups] + ["head"]})
         self.label_smoothing = label_smoothing
+        # Each example's loss weighed by its class (class_weights); not saved as weights: the metadata has them.
+        weights = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
+        self.register_buffer("class_weights", weights, persistent=False)
         self.filter_bias_and_bn = bool(filter_bias_and_bn)
         self.metadata = {**(metadata or {}), "inputs": self.inputs.state(), "class_names": self.class_names}
+        if class_weights is not None:
+            self.metadata["class_weights"] = [float(w) for w in class_weights]
 
         num_classes = len(self.class_names)
         metrics = {
@@ -92,8 +99,9 @@ class TransferModule(pl.LightningModule):
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.binary:
             soft = target.float() * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
-            return F.binary_cross_entropy_with_logits(logits.squeeze(1), soft)
-        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+            weight = None if self.class_weights is None else self.class_weights[target]
+            return F.binary_cross_entropy_with_logits(logits.squeeze(1), soft, weight=weight)
+        return F.cross_entropy(logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing)
 
     def score(
         self, logits: torch.Tensor, target: torch.Tensor, metrics: MetricCollection, stage: str
@@ -172,13 +180,41 @@ def read_checkpoint(ckpt_path: str, map_location: str = "cpu", mmap: bool = Fals
     return checkpoint
 
 
+def check_class_weights(value: Any) -> None:
+    """``class_weights``: null, ``balanced``, or a list of positive numbers (one per class, checked with the data)."""
+    if value is None or value == "balanced":
+        return
+    numbers = isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
+    if not numbers or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf") for w in value
+    ):
+        raise ConfigError(f"class_weights={value}: use null, balanced, or a list of numbers > 0, one per class")
+
+
+def class_weights_for(value: Any, labels: Any, class_names: Sequence[str]) -> list[float] | None:
+    """The weights ``class_weights`` gives each class: ``balanced`` is scikit-learn's n / (classes x count)
+    over the train labels (a class absent from train gets 1)."""
+    import numpy as np
+
+    if value is None:
+        return None
+    if value == "balanced":
+        counts = np.bincount(np.asarray(labels), minlength=len(class_names))
+        return [round(len(labels) / (len(class_names) * c), 6) if c else 1.0 for c in counts]
+    if len(value) != len(class_names):
+        raise ConfigError(
+            f"class_weights={list(value)}: {len(value)} weights for {len(class_names)} classes "
+            f"({', '.join(class_names)}); give one per class, in that order"
+        )
+    return [float(w) for w in value]
+
+
 def load_module(ckpt_path: str, map_location: str = "cpu") -> TransferModule:
     """Rebuild a TransferModule from a transferlab checkpoint alone (no data module, no Hydra app).
 
     The backbone is built from the saved config without downloading or loading weights: the checkpoint has them.
     """
     from transferlab.cli import instantiate
-    from transferlab.errors import ConfigError
 
     checkpoint = read_checkpoint(ckpt_path, map_location)
     meta = checkpoint.get("transferlab")
@@ -189,7 +225,14 @@ def load_module(ckpt_path: str, map_location: str = "cpu") -> TransferModule:
     # Checkpoints from before the inputs interface saved an image data config alone.
     state = meta.get("inputs") or {"kind": "image", "data_config": meta["data_config"]}
     inputs = inputs_from_state(state)
-    module = TransferModule(backbone, head, class_names=meta["class_names"], inputs=inputs, metadata=meta)
+    module = TransferModule(
+        backbone,
+        head,
+        class_names=meta["class_names"],
+        inputs=inputs,
+        class_weights=meta.get("class_weights"),
+        metadata=meta,
+    )
     # A domain discriminator trains beside the model; inference needs none.
     state = {k: v for k, v in (checkpoint.get("state_dict") or {}).items() if not k.startswith("adaptation.")}
     try:

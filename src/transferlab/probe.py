@@ -29,11 +29,17 @@ MAX_ITER = 2000
 
 
 def fit_logistic(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, c: float, start: tuple | None = None
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    c: float,
+    start: tuple | None = None,
+    class_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(weight (outputs x features), bias) of the L2 logistic regression at ``c``: one output for two classes
     (the binary model, as scikit-learn fits it), else one per class (multinomial). ``start``: a (weight, bias)
-    to start from (a neighbouring ``c``'s solution), which only makes it converge sooner."""
+    to start from (a neighbouring ``c``'s solution), which only makes it converge sooner. ``class_weights``
+    weigh each example's loss by its class, as scikit-learn's ``class_weight`` does."""
     x = torch.as_tensor(np.asarray(features, dtype=np.float64))
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     outputs = 1 if num_classes == 2 else num_classes
@@ -49,15 +55,18 @@ def fit_logistic(
     )  # fmt: skip
     scale = 1.0 / (c * len(y))  # the objective divided by C * n: a mean loss, well scaled for any C
     target = y.double() if outputs == 1 else y
+    per_example = torch.ones(len(y), dtype=torch.float64)
+    if class_weights is not None:
+        per_example = torch.as_tensor(np.asarray(class_weights, dtype=np.float64))[y]
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         logits = x @ weight.T + bias
         if outputs == 1:
-            loss = F.binary_cross_entropy_with_logits(logits[:, 0], target)
+            losses = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
         else:
-            loss = F.cross_entropy(logits, target)
-        loss = loss + 0.5 * scale * weight.pow(2).sum()
+            losses = F.cross_entropy(logits, target, reduction="none")
+        loss = (losses * per_example).mean() + 0.5 * scale * weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -71,7 +80,12 @@ def predict(weight: np.ndarray, bias: np.ndarray, features: np.ndarray) -> np.nd
 
 
 def choose_c(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, grid: Sequence[float] = C_GRID, seed: int = 0
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    grid: Sequence[float] = C_GRID,
+    seed: int = 0,
+    class_weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Mean held-out accuracy of each ``C`` over stratified folds of the train split; the best (ties: the
     smallest C, the strongest regularisation)."""
@@ -85,17 +99,19 @@ def choose_c(
     for f, (fit, held) in enumerate(split):
         start = None  # each fold walks the grid from strong to weak regularisation, starting from the last solution
         for c in sorted(grid):
-            start = fit_logistic(features[fit], labels[fit], num_classes, c, start)
+            start = fit_logistic(features[fit], labels[fit], num_classes, c, start, class_weights)
             accs[list(grid).index(c), f] = (predict(*start, features[held]) == labels[held]).mean()
     scores = [round(float(a), 6) for a in accs.mean(1)]
     return {"grid": list(grid), "cv_acc": scores, "folds": folds, "C": grid[int(np.argmax(scores))]}
 
 
-def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0) -> tuple[dict, tuple]:
+def fit_probe(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0, class_weights: np.ndarray | None = None
+) -> tuple[dict, tuple]:
     """The protocol above: (its record for summary.json, (weight, bias) refitted on all of ``features``)."""
     start = time.perf_counter()
-    chosen = choose_c(features, labels, num_classes, seed=seed)
-    weight, bias = fit_logistic(features, labels, num_classes, chosen["C"])
+    chosen = choose_c(features, labels, num_classes, seed=seed, class_weights=class_weights)
+    weight, bias = fit_logistic(features, labels, num_classes, chosen["C"], class_weights=class_weights)
     train_acc = float((predict(weight, bias, features) == labels).mean())
     record = {
         **chosen,
@@ -133,8 +149,10 @@ class ExactProbe(pl.Callback):
         phase_start: Callable[[int], int],
         train_features: Callable[[], tuple[np.ndarray, np.ndarray]],
         seed: int = 0,
+        class_weights: Sequence[float] | None = None,
     ):
         self.linear, self.num_classes, self.seed = linear, num_classes, seed
+        self.class_weights = None if class_weights is None else np.asarray(class_weights, dtype=np.float64)
         self.probe_at, self.phase_start, self.train_features = probe_at, phase_start, train_features
         self.fits: list[dict[str, Any]] = []  # one record per fit: for summary.json
 
@@ -144,7 +162,7 @@ class ExactProbe(pl.Callback):
             return
         features, labels = self.train_features()
         record, (weight, bias) = fit_probe(
-            np.asarray(features, dtype=np.float64), np.asarray(labels), self.num_classes, self.seed
+            np.asarray(features, dtype=np.float64), np.asarray(labels), self.num_classes, self.seed, self.class_weights
         )
         write_head(self.linear, weight, bias)
         self.fits.append({"epoch": self.phase_start(epoch), **record})
@@ -165,7 +183,7 @@ class ExactProbe(pl.Callback):
         self.fits = list(state_dict["fits"])
 
 
-def exact_probe(schedule, phases, head, source, serving, seed: int) -> ExactProbe | None:
+def exact_probe(schedule, phases, head, source, serving, seed: int, class_weights=None) -> ExactProbe | None:
     """The ExactProbe callback where a phase of ``schedule`` asks for it (schedule.probe=exact), on a linear head:
     fitted on the frozen backbone's features (through ``serving``) of ``source``'s train split, without
     augmentation."""
@@ -183,4 +201,6 @@ def exact_probe(schedule, phases, head, source, serving, seed: int) -> ExactProb
         train = source.eval_view("train")
         return serving.features("train", train, source.eval_loader(train)), train.labels
 
-    return ExactProbe(head.fc, source.num_classes, phases.probe_at, phases.phase_start, train_features, seed)
+    return ExactProbe(
+        head.fc, source.num_classes, phases.probe_at, phases.phase_start, train_features, seed, class_weights
+    )

@@ -85,7 +85,7 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
     from transferlab.adapt_module import DomainAdaptationModule, build_adaptation
     from transferlab.data.target import TargetData, split_options
     from transferlab.feature_serving import FeatureServing
-    from transferlab.module import TransferModule
+    from transferlab.module import TransferModule, class_weights_for
     from transferlab.phase_control import PhaseControl
     from transferlab.probe import exact_probe
 
@@ -100,12 +100,14 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
     if target_options is not None:
         target = TargetData(source, target_options, adaptation_batches=bool(cfg.get("adapt")))
     head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=source.num_classes)
+    weights = class_weights_for(cfg.get("class_weights"), source.datasets["train"].labels, source.class_names)
     module_options = dict(
         class_names=source.class_names,
         optimizer=instantiate(cfg.optimizer),
         lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         lr_scales=phases.lr_scales(),
         label_smoothing=cfg.label_smoothing,
+        class_weights=weights,
         filter_bias_and_bn=cfg.filter_bias_and_bn,
         inputs=source.inputs,
         metadata={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "head", "data")},
@@ -119,7 +121,7 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
         module = DomainAdaptationModule(
             backbone, head, adaptation=adaptation, score_target=score_target, **module_options
         )
-    probe = exact_probe(schedule, phases, head, source, serving, cfg.seed)
+    probe = exact_probe(schedule, phases, head, source, serving, cfg.seed, weights)
     parts = {"backbone": backbone, "phases": phases, "serving": serving, "source": source, "target": target}
     return {**parts, "data": target or source, "module": module, "probe": probe}
 
@@ -175,6 +177,7 @@ def _summary(cfg, run_dir: Path, trainer, parts: dict[str, Any], rows: list[dict
     out: dict[str, Any] = {
         "monitor": cfg.monitor,
         "class_names": module.class_names,
+        "class_weights": module.metadata.get("class_weights"),
         "inputs": module.inputs.state(),
         "split_sizes": source.split_sizes(),
         "model_selection": {"monitor": cfg.monitor, "on_target_labels": cfg.monitor.startswith("target/")},
