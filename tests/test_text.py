@@ -161,3 +161,13 @@ def test_an_image_backbone_with_text_data_is_one_line(tmp_path):
     _write(tmp_path / "texts/val.csv", _texts(6, 1))
     with pytest.raises(ConfigError, match=r"^data.source=text: the backbone takes images; use a text backbone"):
         ClassificationDataModule(source="text", root=str(tmp_path / "texts"))
+
+
+def test_batchnorm_options_on_an_encoder_without_batchnorm_are_one_line(tiny_bert):
+    from transferlab.phase_control import PhaseControl
+    from transferlab.schedules import preset
+
+    backbone = create_hf_backbone(path=str(tiny_bert))
+    schedule = preset("full", bn_mode="frozen_stats", num_groups=len(backbone.layer_groups), max_epochs=2)
+    with pytest.raises(ConfigError, match=r"^schedule.bn_mode=frozen_stats: the backbone has no BatchNorm; remove it$"):
+        PhaseControl(schedule, backbone.model, backbone.layer_groups)

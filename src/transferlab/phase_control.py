@@ -17,6 +17,7 @@ from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
+from transferlab.errors import ConfigError
 from transferlab.layer_groups import LayerGroup
 from transferlab.schedules import Phase, Schedule
 
@@ -26,6 +27,10 @@ class PhaseControl(pl.Callback):
 
     def __init__(self, schedule: Schedule, backbone: nn.Module, layer_groups: Sequence[LayerGroup]):
         schedule.check(layer_groups)
+        self.has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
+        modes = {phase.bn_mode for phase in schedule.phases} - {"train"}
+        if modes and not self.has_batchnorm:  # a transformer's LayerNorm has no running statistics to fix
+            raise ConfigError(f"schedule.bn_mode={sorted(modes)[0]}: the backbone has no BatchNorm; remove it")
         self.schedule, self.backbone, self.layer_groups = schedule, backbone, list(layer_groups)
         self.phase_index = 0
         self.history: list[dict[str, Any]] = []
@@ -116,7 +121,9 @@ class PhaseControl(pl.Callback):
         self.history.append(entry)
         rank_zero_info(
             f"phase {index + 1}/{len(self.schedule.phases)} from epoch {trainer.current_epoch}: "
-            f"{entry['freeze_depth']} of {len(self.layer_groups)} layer groups frozen, BatchNorm {entry['bn_mode']}\n"
+            f"{entry['freeze_depth']} of {len(self.layer_groups)} layer groups frozen"
+            + (f", BatchNorm {entry['bn_mode']}" if self.has_batchnorm else "")
+            + "\n"
             + table
         )
 
