@@ -250,13 +250,13 @@ def cases(work: Path, ckpt: Path, done: Path, sweep: Path, predicted: Path) -> l
         Case("eval ckpt_path=<not a checkpoint>", "transferlab-eval", ["ckpt_path={dir}/x.ckpt", "trainer.accelerator=cpu"],
              setup=lambda d: (d / "x.ckpt").write_text("hello")),
         Case("eval split=bogus", "transferlab-eval", [f"ckpt_path={ckpt}", "split=bogus"]),
-        Case("predict ckpt_path=<truncated>", "transferlab-predict", ["ckpt_path={dir}/cut.ckpt", "input_dir={dir}/in"],
+        Case("predict ckpt_path=<truncated>", "transferlab-predict", ["ckpt_path={dir}/cut.ckpt", "input={dir}/in"],
              setup=lambda d: (cut_ckpt(d), photo(d / "in/a.jpg", 1))),
-        Case("predict input_dir=<empty>", "transferlab-predict", [f"ckpt_path={ckpt}", "input_dir={dir}/in"],
+        Case("predict input=<empty>", "transferlab-predict", [f"ckpt_path={ckpt}", "input={dir}/in"],
              setup=lambda d: (d / "in").mkdir()),
-        Case("predict bad_files=maybe", "transferlab-predict", [f"ckpt_path={ckpt}", "input_dir={dir}", "bad_files=maybe"]),
+        Case("predict bad_files=maybe", "transferlab-predict", [f"ckpt_path={ckpt}", "input={dir}", "bad_files=maybe"]),
         Case("predict output=<the checkpoint>", "transferlab-predict",
-             ["ckpt_path={dir}/c.ckpt", "input_dir={dir}/in", "output={dir}/c.ckpt"],
+             ["ckpt_path={dir}/c.ckpt", "input={dir}/in", "output={dir}/c.ckpt"],
              setup=lambda d: (shutil.copy(ckpt, d / "c.ckpt"), photo(d / "in/a.jpg", 1)),
              judge=lambda r, d: "lost" if digest(d / "c.ckpt") != digest(ckpt) else verdict(r, "error")),
     ]  # fmt: skip
@@ -271,7 +271,7 @@ def cases(work: Path, ckpt: Path, done: Path, sweep: Path, predicted: Path) -> l
         return "clean" if len(rows) == 16 and "cut.jpg" in listed else "silent"
 
     c += [
-        Case("predict <a truncated jpeg among 16>", "transferlab-predict", [f"ckpt_path={ckpt}", "input_dir={dir}/in"],
+        Case("predict <a truncated jpeg among 16>", "transferlab-predict", [f"ckpt_path={ckpt}", "input={dir}/in"],
              setup=lambda d: photo_tree(d / "in", {"cat/cut.jpg": truncated}), judge=labelled_16),
         Case("train data=folder <a truncated jpeg> bad_files=error", "transferlab-train",
              [*TINY[:1], "data=folder", "data.root={dir}/in", "data.bad_files=error", "data.val_fraction=0.25",
@@ -282,7 +282,7 @@ def cases(work: Path, ckpt: Path, done: Path, sweep: Path, predicted: Path) -> l
               "logger=none", "data.input_size=32", "data.num_workers=0"],
              setup=lambda d: photo_tree(d / "in", {"cat/cut.jpg": truncated}),
              judge=lambda r, d: verdict(r, "ok") if "cut.jpg" in _read(d / "run/bad_files.txt") else "silent"),
-        Case("predict <16-bit, CMYK, alpha, palette images>", "transferlab-predict", [f"ckpt_path={ckpt}", "input_dir={dir}/in"],
+        Case("predict <16-bit, CMYK, alpha, palette images>", "transferlab-predict", [f"ckpt_path={ckpt}", "input={dir}/in"],
              setup=lambda d: odd_modes(d / "in"),
              judge=lambda r, d: verdict(r, "ok") if len(_read(d / "run/predictions.csv").splitlines()) == 6 else "silent"),
         Case("report <malformed trials>", "transferlab-report", ["{dir}/sweep"], expect="ok",
@@ -312,7 +312,7 @@ def cases(work: Path, ckpt: Path, done: Path, sweep: Path, predicted: Path) -> l
         shutil.copytree(predicted, case_dir / "redo")
         (case_dir / "redo/stale.txt").write_text("from the run before")
 
-    predict_args = [f"ckpt_path={ckpt}", "input_dir={dir}/in"]
+    predict_args = [f"ckpt_path={ckpt}", "input={dir}/in"]
     c += [
         Case("train into a completed run's folder (optimizer.lr=0.5)", "transferlab-train",
              [*TINY, "optimizer.lr=0.5", "hydra.run.dir={dir}/done"], setup=copy(done, "done")),
@@ -560,7 +560,7 @@ def main() -> int:
     for made in (
         run("transferlab-train", *TINY, f"hydra.run.dir={done}"),
         run("transferlab-train", "-m", *TINY, "test=false", "optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"),
-        run("transferlab-predict", f"ckpt_path={done}/checkpoints/best.ckpt", f"input_dir={work}/images",
+        run("transferlab-predict", f"ckpt_path={done}/checkpoints/best.ckpt", f"input={work}/images",
             f"hydra.run.dir={predicted}"),
     ):  # fmt: skip
         if made.returncode != 0:

@@ -87,7 +87,7 @@ def _digit_pngs(folder: Path, count: int = 12) -> dict[Path, int]:
 def _predict_cfg(trained_run: Path, tmp_path: Path, *overrides: str, run: str = "run"):
     return compose_config(
         f"ckpt_path={trained_run}/checkpoints/best.ckpt",
-        f"input_dir={tmp_path / 'images'}",
+        f"input={tmp_path / 'images'}",
         f"paths.output_dir={tmp_path / run}",
         "trainer.accelerator=cpu",
         *overrides,
@@ -126,15 +126,15 @@ def test_predict_labels_a_folder(trained_run, tmp_path, caplog):
 
 def test_predict_errors(trained_run, tmp_path):
     (tmp_path / "images").mkdir()
-    with pytest.raises(ConfigError, match=r"^input_dir=.*images: no image files \(.jpg, .*\) found$"):
+    with pytest.raises(ConfigError, match=r"^input=.*images: no image files \(.jpg, .*\) found$"):
         predict(_predict_cfg(trained_run, tmp_path, run="r1"))
     (tmp_path / "images" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     with pytest.raises(ConfigError, match=r"^bad_files=error: .*broken.jpg is not a readable image"):
         predict(_predict_cfg(trained_run, tmp_path, "bad_files=error", run="r2"))
-    with pytest.raises(ConfigError, match=r"^input_dir=.*: no image files .* found; 1 unreadable file\(s\) skipped$"):
+    with pytest.raises(ConfigError, match=r"^input=.*: no image files .* found; 1 unreadable file\(s\) skipped$"):
         predict(_predict_cfg(trained_run, tmp_path, run="r3"))
-    with pytest.raises(ConfigError, match=r"^input_dir=.*nowhere: folder not found"):
-        predict(_predict_cfg(trained_run, tmp_path, f"input_dir={tmp_path}/nowhere", run="r4"))
+    with pytest.raises(ConfigError, match=r"^input=.*nowhere: folder not found"):
+        predict(_predict_cfg(trained_run, tmp_path, f"input={tmp_path}/nowhere", run="r4"))
     with pytest.raises(ConfigError, match=r"^bad_files=maybe: choose one of skip, error$"):
         predict(_predict_cfg(trained_run, tmp_path, "bad_files=maybe", run="r5"))
     assert not list(tmp_path.glob("r*/predictions.csv"))
@@ -159,7 +159,7 @@ def test_cli_eval_and_predict(trained_run, tmp_path):
     result = run_cli(
         "transferlab-predict",
         f"ckpt_path={tmp_path}/missing.ckpt",
-        f"input_dir={tmp_path}/images",
+        f"input={tmp_path}/images",
         f"hydra.run.dir={tmp_path}/predict",
     )
     assert result.returncode == 2

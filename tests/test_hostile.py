@@ -117,7 +117,7 @@ def test_a_truncated_jpeg_is_screened_out_of_training_and_prediction(trained_run
     result = run_cli(
         "transferlab-predict",
         f"ckpt_path={trained_run}/checkpoints/best.ckpt",
-        f"input_dir={root}",
+        f"input={root}",
         f"hydra.run.dir={tmp_path}/predict",
         "trainer.accelerator=cpu",
     )
@@ -180,7 +180,7 @@ def test_a_checkpoint_that_is_truncated_or_of_another_model_is_one_line(trained_
     for command, args in (
         ("transferlab-train", [*TINY, f"ckpt_path={cut}"]),
         ("transferlab-eval", [f"ckpt_path={cut}", "trainer.accelerator=cpu"]),
-        ("transferlab-predict", [f"ckpt_path={cut}", f"input_dir={images}", "trainer.accelerator=cpu"]),
+        ("transferlab-predict", [f"ckpt_path={cut}", f"input={images}", "trainer.accelerator=cpu"]),
     ):
         line = _one_error_line(run_cli(command, *args, f"hydra.run.dir={tmp_path}/{command}"))
         assert line.startswith(f"error: ckpt_path={cut}: not a readable checkpoint"), line
@@ -240,7 +240,7 @@ def test_a_refused_second_run_leaves_the_finished_folder_byte_for_byte(tmp_path)
     for command, args in (
         ("transferlab-train", [*TINY, "optimizer.lr=0.5"]),
         ("transferlab-eval", [ckpt]),
-        ("transferlab-predict", [ckpt, f"input_dir={images}"]),
+        ("transferlab-predict", [ckpt, f"input={images}"]),
     ):
         result = run_cli(command, *args, f"hydra.run.dir={run}")
         assert _one_error_line(result).startswith(f"error: paths.output_dir={run}: holds a completed train run")
@@ -250,15 +250,15 @@ def test_a_refused_second_run_leaves_the_finished_folder_byte_for_byte(tmp_path)
     assert _files(run) == before  # .hydra/ and train.log included
 
     predicted = tmp_path / "predicted"
-    assert run_cli("transferlab-predict", ckpt, f"input_dir={images}", f"hydra.run.dir={predicted}").returncode == 0
+    assert run_cli("transferlab-predict", ckpt, f"input={images}", f"hydra.run.dir={predicted}").returncode == 0
     assert read_summary(predicted)["status"] == "completed" and read_summary(predicted)["n"] == 1
     first = _files(predicted)
-    again = run_cli("transferlab-predict", ckpt, f"input_dir={images}", f"hydra.run.dir={predicted}")
+    again = run_cli("transferlab-predict", ckpt, f"input={images}", f"hydra.run.dir={predicted}")
     assert "holds a completed predict run" in _one_error_line(again)
     into_input = run_cli(
         "transferlab-predict",
         ckpt,
-        f"input_dir={images}",
+        f"input={images}",
         f"output={images}/notes.jpg",
         "overwrite=true",
         f"hydra.run.dir={tmp_path}/p2",
@@ -267,7 +267,7 @@ def test_a_refused_second_run_leaves_the_finished_folder_byte_for_byte(tmp_path)
     elsewhere = tmp_path / "elsewhere.csv"
     elsewhere.write_text("an earlier prediction")
     replacing = run_cli(
-        "transferlab-predict", ckpt, f"input_dir={images}", f"output={elsewhere}", f"hydra.run.dir={tmp_path}/p3"
+        "transferlab-predict", ckpt, f"input={images}", f"output={elsewhere}", f"hydra.run.dir={tmp_path}/p3"
     )
     assert _one_error_line(replacing).startswith(f"error: output={elsewhere}: exists")
     assert _files(predicted) == first and elsewhere.read_text() == "an earlier prediction"

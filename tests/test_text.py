@@ -171,3 +171,47 @@ def test_batchnorm_options_on_an_encoder_without_batchnorm_are_one_line(tiny_ber
     schedule = preset("full", bn_mode="frozen_stats", num_groups=len(backbone.layer_groups), max_epochs=2)
     with pytest.raises(ConfigError, match=r"^schedule.bn_mode=frozen_stats: the backbone has no BatchNorm; remove it$"):
         PhaseControl(schedule, backbone.model, backbone.layer_groups)
+
+
+def test_predict_labels_texts_of_every_input_form_in_their_order(tiny_bert, tmp_path):
+    from transferlab.predict import predict
+
+    root = tmp_path / "texts"
+    rows = _texts(60, seed=3)
+    _write(root / "train.csv", rows[:45])
+    _write(root / "val.csv", rows[45:])
+    cfg = compose_config(
+        "backbone=hf", f"backbone.path={tiny_bert}", "backbone.max_length=32", "data=text", f"data.root={root}",
+        "schedule=frozen", "trainer.max_epochs=1", "trainer.accelerator=cpu", "logger=none", "test=false",
+        f"paths.output_dir={tmp_path}/run", "data.feature_cache=null",
+    )  # fmt: skip
+    ckpt = train(cfg)["checkpoints"]["best"]
+    texts = [t for t, _ in rows[45:]]
+    inputs = {
+        "table.jsonl": _write(tmp_path / "in/table.jsonl", rows[45:]),
+        "lines.txt": tmp_path / "in/lines.txt",
+        "folder": tmp_path / "in/folder",
+    }
+    inputs["lines.txt"].write_text("\n".join(texts) + "\n\n")
+    for i, text in enumerate(texts):
+        (inputs["folder"] / f"{i:02d}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (inputs["folder"] / f"{i:02d}.txt").write_text(text)
+    tables = {}
+    for name, source in inputs.items():
+        output = predict(compose_config(f"ckpt_path={ckpt}", f"input={source}", "trainer.accelerator=cpu",
+                                        f"paths.output_dir={tmp_path}/p_{name}", config_name="predict"))  # fmt: skip
+        table = list(csv.DictReader(output.open()))
+        assert len(table) == len(texts) and list(table[0])[:3] == ["row", "class", "probability"]
+        assert list(table[0])[3:] == ["fonts", "games", "math"]
+        assert all(abs(sum(float(r[c]) for c in ("fonts", "games", "math")) - 1) < 1e-4 for r in table)
+        tables[name] = [(r["class"], r["probability"]) for r in table]
+    assert tables["table.jsonl"] == tables["lines.txt"] == tables["folder"]  # the same texts, in the same order
+
+    from transferlab.module import load_module
+
+    module = load_module(ckpt)
+    tokenize = module.inputs.transform("none", train=False)
+    batch = module.inputs.collate([Batch(tokenize(t), 0) for t in texts])
+    with torch.no_grad():
+        expected = module.probabilities(module(batch.inputs)).argmax(1)
+    assert [c for c, _ in tables["folder"]] == [module.class_names[i] for i in expected.tolist()]

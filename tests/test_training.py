@@ -231,7 +231,7 @@ def test_custom_backbone_with_a_checkpoint_from_the_wild_on_real_images(shared_d
     csv_path = predict(
         compose_config(
             f"ckpt_path={ckpt}",
-            f"input_dir={shared_data / 'hymenoptera/val/bees'}",
+            f"input={shared_data / 'hymenoptera/val/bees'}",
             f"paths.output_dir={tmp_path}/predict",
             config_name="predict",
         )

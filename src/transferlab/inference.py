@@ -41,19 +41,20 @@ def inference_trainer(trainer: DictConfig, run_dir: str | Path):
     )
 
 
-def image_paths(input_dir: str, policy: str, run_dir: str | Path) -> list[Path]:
-    """The readable image files under ``input_dir``, sorted; unreadable ones per ``policy`` (``bad_files``)."""
+def image_paths(folder: str, policy: str, run_dir: str | Path) -> list[Path]:
+    """The readable image files under ``folder`` (``input``), sorted; unreadable ones per ``policy``
+    (``bad_files``)."""
     from transferlab.data.images import IMG_EXTENSIONS, image_files, screen
 
-    root = Path(str(input_dir)).expanduser()
+    root = Path(str(folder)).expanduser()
     if not root.is_dir():
-        raise ConfigError(f"input_dir={input_dir}: folder not found; give a folder of images")
+        raise ConfigError(f"input={folder}: folder not found; give a folder of images")
     paths = image_files(root)
-    bad, skipped = screen(paths, policy, "bad_files", input_dir, "bad_files=error", Path(run_dir))
+    bad, skipped = screen(paths, policy, "bad_files", folder, "bad_files=error", Path(run_dir))
     if skipped:
         log.warning(skipped)
         paths = [p for p in paths if p not in bad]
     if not paths:
         note = f"; {len(bad)} unreadable file(s) skipped" if bad else ""
-        raise ConfigError(f"input_dir={input_dir}: no image files ({', '.join(IMG_EXTENSIONS)}) found{note}")
+        raise ConfigError(f"input={folder}: no image files ({', '.join(IMG_EXTENSIONS)}) found{note}")
     return paths

@@ -163,3 +163,38 @@ def _report(bad: list[str], policy: str, root: str, listing_dir: Path | None) ->
         "stop instead)",
         stacklevel=3,
     )
+
+
+def read_inputs(path: str, text_column: str) -> tuple[list[str], list[str]]:
+    """What predict labels, in the input's order, with a name for each: a table's rows (``text_column``), a
+    ``.txt`` file's non-empty lines, or a folder's ``.txt`` files (sorted, a text each). Undecodable bytes are
+    replaced, an empty text kept: every input gets its row."""
+    source = Path(path).expanduser()
+    option = f"input={path}"
+    if source.is_dir():
+        files = sorted(source.rglob("*.txt"))
+        if not files:
+            raise ConfigError(f"{option}: no .txt files in the folder; give a folder of .txt files or a text file")
+        return [str(f) for f in files], [f.read_text(encoding="utf-8", errors="replace").strip() for f in files]
+    if not source.is_file():
+        raise ConfigError(f"{option}: no such file or folder; give a .csv, .tsv, .jsonl or .txt file, or a folder")
+    suffix = source.suffix.lower()
+    if suffix == ".txt":
+        lines = source.read_text(encoding="utf-8", errors="replace").splitlines()
+        kept = [(str(i), line.strip()) for i, line in enumerate(lines, start=1) if line.strip()]
+        return [r for r, _ in kept], [t for _, t in kept]
+    if suffix not in TEXT_FORMATS:
+        raise ConfigError(f"{option}: not a .csv, .tsv, .jsonl or .txt file; give one, or a folder of .txt files")
+    with open(source, encoding="utf-8", errors="replace", newline="") as f:
+        if suffix == ".jsonl":
+            try:
+                records = [json.loads(line) for line in f if line.strip()]
+            except ValueError as e:
+                raise ConfigError(f"{option}: a line is not JSON ({e}); fix it, one JSON object a line") from None
+        else:
+            records = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    if not records or not all(isinstance(r, dict) and text_column in r for r in records):
+        raise ConfigError(
+            f"text_column={text_column}: not a column of every row of {source.name}; name its text column"
+        )
+    return [str(i) for i in range(1, len(records) + 1)], [str(r[text_column] or "").strip() for r in records]
