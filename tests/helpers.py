@@ -178,3 +178,19 @@ class SlowEpochs(pl.Callback):
         import time
 
         time.sleep(self.seconds)
+
+
+def sklearn_probe(train_x, train_y, val_x):
+    """scikit-learn's LogisticRegression, C chosen by the same 5 stratified folds of the train split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    from transferlab.probe import C_GRID
+
+    search = GridSearchCV(
+        LogisticRegression(max_iter=10000, tol=1e-6),
+        {"C": list(C_GRID)},
+        cv=StratifiedKFold(5, shuffle=True, random_state=0),
+        scoring="accuracy",
+    )
+    return search.fit(train_x, train_y).predict(val_x)

@@ -10,7 +10,7 @@ import torch
 from transferlab.probe import C_GRID, fit_probe, predict
 from transferlab.train import train
 
-from helpers import completed
+from helpers import completed, sklearn_probe
 
 
 def _features(shared_data, backbone, data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -27,20 +27,6 @@ def _features(shared_data, backbone, data_config, split: str) -> tuple[np.ndarra
             batch = torch.stack([transform(load_rgb(f)) for f, _ in files[i : i + 32]])
             out.append(backbone.eval()(batch).numpy())
     return np.concatenate(out), np.array([label for _, label in files])
-
-
-def _sklearn_probe(train_x, train_y, val_x) -> np.ndarray:
-    """scikit-learn's LogisticRegression, C chosen by the same 5 stratified folds of the train split."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-
-    search = GridSearchCV(
-        LogisticRegression(max_iter=10000, tol=1e-6),
-        {"C": list(C_GRID)},
-        cv=StratifiedKFold(5, shuffle=True, random_state=0),
-        scoring="accuracy",
-    )
-    return search.fit(train_x, train_y).predict(val_x)
 
 
 def _backbones(shared_data):
@@ -63,7 +49,7 @@ def test_the_exact_probe_matches_scikit_learn_on_real_features(shared_data):
         val_x, val_y = _features(shared_data, backbone.model, backbone.inputs.data_config, "val")
         record, (weight, bias) = fit_probe(train_x, train_y, num_classes=2)
         ours = (predict(weight, bias, val_x) == val_y).mean()
-        theirs = (_sklearn_probe(train_x, train_y, val_x) == val_y).mean()
+        theirs = (sklearn_probe(train_x, train_y, val_x) == val_y).mean()
         assert abs(ours - theirs) <= 0.01, (name, ours, theirs, record["C"])
         assert record["cv_acc"] is not None and record["C"] in C_GRID
 

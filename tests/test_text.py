@@ -215,3 +215,37 @@ def test_predict_labels_texts_of_every_input_form_in_their_order(tiny_bert, tmp_
     with torch.no_grad():
         expected = module.probabilities(module(batch.inputs)).argmax(1)
     assert [c for c, _ in tables["folder"]] == [module.class_names[i] for i in expected.tolist()]
+
+
+def test_the_exact_probe_matches_scikit_learn_on_minilm_features_of_real_descriptions(shared_data, tmp_path):
+    """debian_topics, 8 descriptions per class (seeded), frozen mean-pooled MiniLM at 128 tokens; test split."""
+    from transferlab.data.sources import Split
+    from transferlab.data.texts import LabeledTexts
+    from transferlab.probe import fit_probe, predict
+
+    from helpers import sklearn_probe
+
+    backbone = create_hf_backbone(path=str(MINILM), max_length=128)
+    dm = ClassificationDataModule(
+        source="text", root=str(shared_data / "debian_topics"), inputs=backbone.inputs, samples_per_class=8,
+        batch_size=32, output_dir=str(tmp_path),
+    )  # fmt: skip
+    dm.setup()
+
+    def features(split: str) -> tuple[np.ndarray, np.ndarray]:
+        dataset = dm.datasets[split]
+        if split == "test":  # 200 of the 1,000 test texts, every class: enough to compare two fits
+            keep = np.concatenate([np.flatnonzero(dataset.labels == c)[:20] for c in range(10)])
+            subset = Split([dataset.items[i] for i in keep], dataset.labels[keep])
+            dataset = LabeledTexts(subset, dataset.transform)
+        with torch.no_grad():
+            out = [backbone.model.eval()(b.inputs) for b in dm.eval_loader(dataset)]
+        return torch.cat(out).numpy(), dataset.labels
+
+    train_x, train_y = features("train")
+    test_x, test_y = features("test")
+    record, (weight, bias) = fit_probe(train_x, train_y, num_classes=10)
+    ours = (predict(weight, bias, test_x) == test_y).mean()
+    theirs = (sklearn_probe(train_x, train_y, test_x) == test_y).mean()
+    assert abs(ours - theirs) <= 0.005, (ours, theirs, record["C"])
+    assert ours > 0.6  # frozen MiniLM + a linear probe on 80 labelled texts: far above chance (0.1)
