@@ -1,5 +1,6 @@
 """What the tests share: the tiny run's overrides, config composition, CLI runs, reading run folders and W&B
-logs, and test-only Lightning callbacks (added to runs through config: +callbacks.NAME._target_=helpers.X)."""
+logs, test-only Lightning callbacks (added to runs through config: +callbacks.NAME._target_=helpers.X), and
+scikit-learn's linear probe for parity checks."""
 
 import json
 import struct

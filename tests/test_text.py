@@ -109,6 +109,25 @@ def test_one_file_is_split_by_the_fractions(tiny_bert, tmp_path):
     assert dm.split_sizes() == {"train": 36, "val": 12, "test": 12}
 
 
+def test_folders_of_txt_files_per_class_as_aclimdb_and_20_newsgroups_come(tiny_bert, tmp_path):
+    rows = _texts(60, seed=4)
+    for split, part in (("train", rows[:40]), ("test", rows[40:])):
+        for i, (text, label) in enumerate(part):
+            (tmp_path / "imdb" / split / label).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "imdb" / split / label / f"{i}_7.txt").write_text(text)
+    (tmp_path / "imdb/train/games/empty.txt").write_text("  \n")
+    with pytest.warns(UserWarning, match=r"skipped 1 row"):
+        dm = _data(tmp_path, tiny_bert, root=str(tmp_path / "imdb"), val_fraction=0.25)
+    assert dm.class_names == ["fonts", "games", "math"]
+    assert dm.split_sizes() == {"train": 30, "val": 10, "test": 20}  # val carved out of train/, stratified
+    assert sorted(dm.datasets["test"].items) == sorted(t for t, _ in rows[40:])
+
+    flat = tmp_path / "flat"
+    shutil.copytree(tmp_path / "imdb/train", flat)
+    (flat / "games/empty.txt").unlink()
+    assert _data(tmp_path, tiny_bert, root=str(flat), val_fraction=0.25).split_sizes()["val"] == 10
+
+
 def test_the_encoder_pools_as_sentence_transformers_and_groups_by_layer():
     st = pytest.importorskip("sentence_transformers")
     backbone = create_hf_backbone(path=str(MINILM))

@@ -200,6 +200,8 @@ def make_splits(raw: dict[str, Split], val_fraction: float, test_fraction: float
         splits["train"], splits["val"] = split_off(rest, val_share, seed, "data.val_fraction")
         return splits
     splits = dict(raw)
+    if "val" not in splits:  # train/ and test/ only (aclImdb's layout): val is carved out of train
+        splits["train"], splits["val"] = split_off(splits["train"], val_fraction, seed, "data.val_fraction")
     if "test" not in splits and test_fraction > 0:
         # A train/ + val/ tree without test/: data.test_fraction carves the test split out of train/.
         splits["train"], splits["test"] = split_off(splits["train"], test_fraction, seed, "data.test_fraction")

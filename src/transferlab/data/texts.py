@@ -1,7 +1,9 @@
-"""Where texts come from: CSV, TSV or JSON-lines files with a text and a label column.
+"""Where texts come from: CSV, TSV or JSON-lines files with a text and a label column, or folders of ``.txt`` files.
 
 ``data.root`` is a folder holding ``train``, ``val`` and optionally ``test`` files (``train.csv``, ``val.tsv``,
-``test.jsonl``, ...), or one file, split by data.val_fraction and data.test_fraction. Rows that cannot be used
+``test.jsonl``, ...), or one file, split by data.val_fraction and data.test_fraction; or a folder of class folders
+of ``.txt`` files (``<class>/*.txt``, or ``{train,test}/<class>/*.txt`` as aclImdb and 20 Newsgroups come, val
+carved out of train). Rows that cannot be used
 (empty text, no label, bytes that are not UTF-8, a val or test label that train lacks) are skipped and listed in
 the run folder's ``bad_rows.txt``, or are one line with ``data.bad_rows=error``.
 """
@@ -53,11 +55,16 @@ def scan_texts(
     """The splits of ``data.root`` (see the module) with their labels as indices into the sorted class names of
     train (or of the one file), and those class names."""
     path = Path(root).expanduser()
-    files = _split_files(path, root)
     rows: dict[str, list[tuple[int, str, str]]] = {}
     bad: list[str] = []
-    for split, file in files.items():
-        rows[split] = _read_rows(file, text_column, label_column, bad)
+    if path.is_dir() and not any(p.suffix.lower() in TEXT_FORMATS for p in path.iterdir() if p.is_file()):
+        files = _class_folders(path, root)  # <class>/*.txt, or {train,val,test}/<class>/*.txt
+        for split, folder in files.items():
+            rows[split] = _read_txt_files(folder, bad)
+    else:
+        files = _split_files(path, root)
+        for split, file in files.items():
+            rows[split] = _read_rows(file, text_column, label_column, bad)
     first = "train" if "train" in rows else "all"
     class_names = sorted({label for _, _, label in rows[first]})
     if len(class_names) < 2:
@@ -102,6 +109,33 @@ def _split_files(path: Path, root: str) -> dict[str, Path]:
             f"{', '.join(p.name for p in files.values()) or 'none'}; or give one file, split by data.val_fraction"
         )
     return files
+
+
+def _class_folders(path: Path, root: str) -> dict[str, Path]:
+    """The folders whose sub-folders are the classes: ``train``/``val``/``test`` where ``train`` exists (val may
+    be missing: carved out of train), else ``root`` itself (one split, ``all``)."""
+    if not (path / "train").is_dir():
+        return {"all": path}
+    return {split: path / split for split in SPLITS if (path / split).is_dir()}
+
+
+def _read_txt_files(folder: Path, bad: list[str]) -> list[tuple[int, str, str]]:
+    """(number, text, label) of each ``<class>/*.txt`` under ``folder``, the label its class folder's name."""
+    files = sorted(p for p in folder.glob("*/*.txt") if not p.parent.name.startswith("."))
+    if not files:
+        raise ConfigError(
+            f"data.root={folder}: no class folders of .txt files (<class>/*.txt) and no train/val "
+            f"{', '.join(TEXT_FORMATS)} files; give one of those layouts"
+        )
+    rows = []
+    for number, file in enumerate(files, start=1):
+        text = file.read_bytes().decode("utf-8", "surrogateescape")
+        problem = _problem(text, file.parent.name)
+        if problem:
+            bad.append(f"{file}: {problem}")
+        else:
+            rows.append((number, text.strip(), file.parent.name))
+    return rows
 
 
 def _read_rows(file: Path, text_column: str, label_column: str, bad: list[str]) -> list[tuple[int, str, str]]:
