@@ -268,3 +268,21 @@ def test_the_exact_probe_matches_scikit_learn_on_minilm_features_of_real_descrip
     theirs = (sklearn_probe(train_x, train_y, test_x) == test_y).mean()
     assert abs(ours - theirs) <= 0.005, (ours, theirs, record["C"])
     assert ours > 0.6  # frozen MiniLM + a linear probe on 80 labelled texts: far above chance (0.1)
+
+
+def test_training_batches_group_texts_of_similar_length_in_a_seeded_order(tiny_bert, tmp_path):
+    from transferlab.data.sampling import LengthGroupedShuffle
+
+    rows = [(" ".join(["word"] * (1 + i % 40)), list(TOPICS)[i % 3]) for i in range(300)]
+    _write(tmp_path / "texts/train.csv", rows[:240])
+    _write(tmp_path / "texts/val.csv", rows[240:])
+    dm = _data(tmp_path, tiny_bert, root=str(tmp_path / "texts"))
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, LengthGroupedShuffle)
+    epoch = [list(loader.sampler) for _ in range(2)]
+    assert epoch[0] == epoch[1] and sorted(epoch[0]) == list(range(240))  # each text once, the same order again
+    loader.sampler.set_epoch(1)
+    assert list(loader.sampler) != epoch[0]
+    padded = sum(b.inputs["input_ids"].numel() for b in loader)
+    tokens = sum(int(b.inputs["attention_mask"].sum()) for b in loader)
+    assert padded < 1.1 * tokens  # random batches of these lengths (3 to 42) pad to about 1.7 times the tokens

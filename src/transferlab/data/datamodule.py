@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from transferlab.data import digits, images, sources, texts
 from transferlab.data.options import check_digit_classes, check_options
-from transferlab.data.sampling import CycleShuffle, EpochShuffle
+from transferlab.data.sampling import CycleShuffle, EpochShuffle, LengthGroupedShuffle
 from transferlab.errors import ConfigError
 from transferlab.features import FeatureDataset
 
@@ -170,7 +170,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         batch_size = self.batch_size if shuffle else self.eval_batch_size
         workers = 0 if use_features else self.num_workers  # reading a memory map needs no worker processes
         sampler = None
-        if shuffle:
+        if shuffle and num_samples is None and hasattr(dataset, "lengths"):  # texts, padded to a batch's longest
+            sampler = LengthGroupedShuffle(dataset, dataset.lengths(), batch_size)
+        elif shuffle:
             sampler = EpochShuffle(dataset) if num_samples is None else CycleShuffle(dataset, num_samples)
         elif torch.distributed.is_available() and torch.distributed.is_initialized():
             # Lightning's DistributedSampler would pad each rank's share with repeated examples, which the metrics

@@ -40,6 +40,10 @@ class LabeledTexts(Dataset):
     def __getitem__(self, index: int) -> Batch:
         return Batch(self.transform(self.items[index]), int(self.labels[index]))
 
+    def lengths(self) -> list[int]:
+        """Each text's length in tokens (what its batch is padded to), for length-grouped batches."""
+        return [len(self.transform(text)) for text in self.items]
+
     def fingerprint(self) -> str:
         """Hash of the texts, labels and tokenization (the feature cache's key)."""
         h = hashlib.blake2b(np.ascontiguousarray(self.labels).data, digest_size=16)
