@@ -286,3 +286,45 @@ def test_training_batches_group_texts_of_similar_length_in_a_seeded_order(tiny_b
     padded = sum(b.inputs["input_ids"].numel() for b in loader)
     tokens = sum(int(b.inputs["attention_mask"].sum()) for b in loader)
     assert padded < 1.1 * tokens  # random batches of these lengths (3 to 42) pad to about 1.7 times the tokens
+
+
+def _text_run(tiny_bert: Path, root: Path) -> list[str]:
+    rows = _texts(90, seed=5)
+    _write(root / "train.csv", rows[:60])
+    _write(root / "val.csv", rows[60:])
+    return ["backbone=hf", f"backbone.path={tiny_bert}", "backbone.max_length=32", "data=text", f"data.root={root}",
+            "trainer.accelerator=cpu", "logger=none", "test=false", "data.feature_cache=null"]  # fmt: skip
+
+
+def test_a_resumed_text_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_bert, tmp_path):
+    from helpers import checkpoint_state
+
+    base = [*_text_run(tiny_bert, tmp_path / "texts"), "schedule=gradual", "trainer.max_epochs=3"]
+    train(compose_config(*base, f"paths.output_dir={tmp_path}/straight"))
+    stop = ["+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0"]
+    train(compose_config(*base, *stop, f"paths.output_dir={tmp_path}/resumed"))
+    summary = train(compose_config(*base, "ckpt_path=last", f"paths.output_dir={tmp_path}/resumed"))
+    assert summary["epochs"] == 3 and summary["resumed_from"].endswith("resumed/checkpoints/last.ckpt")
+    straight = checkpoint_state(tmp_path / "straight/checkpoints/last.ckpt")
+    resumed = checkpoint_state(tmp_path / "resumed/checkpoints/last.ckpt")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+@pytest.mark.slow
+def test_text_runs_sweep_and_train_under_ddp(tiny_bert, tmp_path):
+    from helpers import read_summary, run_cli
+
+    base = _text_run(tiny_bert, tmp_path / "texts")
+    sweep = run_cli("transferlab-train", "-m", *base, "schedule=frozen,layer_decay", "trainer.max_epochs=2",
+                    f"hydra.sweep.dir={tmp_path}/sweep", timeout=600)  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert [read_summary(tmp_path / f"sweep/{i}")["status"] for i in (0, 1)] == ["completed", "completed"]
+    report = run_cli("transferlab-report", tmp_path / "sweep")
+    assert report.returncode == 0 and "layer_decay" in report.stdout
+
+    ddp = run_cli("transferlab-train", *base, "schedule=full", "trainer.max_epochs=1", "trainer.strategy=ddp",
+                  "trainer.devices=2", f"hydra.run.dir={tmp_path}/ddp", timeout=600)  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert read_summary(tmp_path / "ddp")["status"] == "completed"
