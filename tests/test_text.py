@@ -328,3 +328,17 @@ def test_text_runs_sweep_and_train_under_ddp(tiny_bert, tmp_path):
                   "trainer.devices=2", f"hydra.run.dir={tmp_path}/ddp", timeout=600)  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert read_summary(tmp_path / "ddp")["status"] == "completed"
+
+
+@pytest.mark.parametrize("method", ["dann", "mcc"])
+def test_domain_adaptation_from_texts_to_texts(tiny_bert, tmp_path, method):
+    """The target: the same topics in other words (upper case, shuffled), labelled (the labels only score)."""
+    base = _text_run(tiny_bert, tmp_path / "texts")
+    target = [(t.upper(), y) for t, y in _texts(60, seed=6)]
+    _write(tmp_path / "target/train.csv", target[:40])
+    _write(tmp_path / "target/val.csv", target[40:])
+    summary = train(compose_config(*base, f"adapt={method}", f"data.target.root={tmp_path}/target",
+                                   "trainer.max_epochs=2", f"paths.output_dir={tmp_path}/run"))  # fmt: skip
+    assert completed(summary)
+    assert summary["target"]["labelled"] and summary["target"]["split_sizes"]["val"] == 20
+    assert "target/acc" in summary["final"]

@@ -93,6 +93,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.source={source}: the backbone takes {self.inputs.kind}s; use {fix}")
 
         # Listing is cheap and catches layout mistakes before any model is built.
+        self.text_column, self.label_column, self.bad_rows = text_column, label_column, bad_rows
         if source == "text":
             listing = self.output_dir
             self._raw, self.class_names = texts.scan_texts(root, text_column, label_column, bad_rows, listing)

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
-from transferlab.data import sources
+from transferlab.data import sources, texts
 from transferlab.data.datamodule import DIGIT_SOURCES, ClassificationDataModule
 from transferlab.data.options import check_digit_classes, check_target
 from transferlab.errors import ConfigError
@@ -58,6 +58,12 @@ class TargetData(pl.LightningDataModule):
         if kind in DIGIT_SOURCES:
             split, names = DIGIT_SOURCES[kind](check_digit_classes(self.source.classes), self.source.photos)
             raw, shown = {"all": split}, f"data.target.source={kind}"
+        elif self.source.source == "text":  # texts in data.root's layouts, labelled (the labels only score)
+            source = self.source
+            raw, names = texts.scan_texts(
+                self.root, source.text_column, source.label_column, source.bad_rows, None, "data.target.root"
+            )
+            shown = f"data.target.root={self.root}"
         else:
             raw, names = sources.scan_target(self.root)
             shown = f"data.target.root={self.root}"
@@ -73,8 +79,8 @@ class TargetData(pl.LightningDataModule):
         self.source.setup(stage)
         if self._datasets:
             return
-        folder = self.root is not None
-        raw = self.source.readable(self._raw, "data.target.root", self.root, folder, "target_")
+        images = self.root is not None and self.source.source == "folder"  # image files to screen
+        raw = self.source.readable(self._raw, "data.target.root", self.root, images, "target_")
         splits = self.source.make_splits(raw) if self.labelled else {"train": raw["all"]}
         self._datasets = self.source.labelled({f"target_{name}": split for name, split in splits.items()})
 

@@ -54,26 +54,26 @@ class LabeledTexts(Dataset):
 
 
 def scan_texts(
-    root: str, text_column: str, label_column: str, bad_rows: str, listing_dir: Path | None
+    root: str, text_column: str, label_column: str, bad_rows: str, listing_dir: Path | None, option: str = "data.root"
 ) -> tuple[dict[str, Split], list[str]]:
-    """The splits of ``data.root`` (see the module) with their labels as indices into the sorted class names of
-    train (or of the one file), and those class names."""
+    """The splits of ``root`` (``option``: data.root, or data.target.root; see the module) with their labels as
+    indices into the sorted class names of train (or of the one file), and those class names."""
     path = Path(root).expanduser()
     rows: dict[str, list[tuple[int, str, str]]] = {}
     bad: list[str] = []
     if path.is_dir() and not any(p.suffix.lower() in TEXT_FORMATS for p in path.iterdir() if p.is_file()):
-        files = _class_folders(path, root)  # <class>/*.txt, or {train,val,test}/<class>/*.txt
+        files = _class_folders(path)  # <class>/*.txt, or {train,val,test}/<class>/*.txt
         for split, folder in files.items():
-            rows[split] = _read_txt_files(folder, bad)
+            rows[split] = _read_txt_files(folder, bad, option)
     else:
-        files = _split_files(path, root)
+        files = _split_files(path, root, option)
         for split, file in files.items():
             rows[split] = _read_rows(file, text_column, label_column, bad)
     first = "train" if "train" in rows else "all"
     class_names = sorted({label for _, _, label in rows[first]})
     if len(class_names) < 2:
         raise ConfigError(
-            f"data.root={root}: {len(class_names)} label(s) {class_names} in data.label_column={label_column} of "
+            f"{option}={root}: {len(class_names)} label(s) {class_names} in data.label_column={label_column} of "
             f"{files[first].name}; a classifier needs at least 2"
         )
     index = {name: i for i, name in enumerate(class_names)}
@@ -84,38 +84,38 @@ def scan_texts(
                 bad.append(f"{files[split]}: row {line}: label {label!r} is not among train's labels")
         kept = [(text, index[label]) for _, text, label in found if label in index]
         if not kept:
-            raise ConfigError(f"data.root={root}: no usable row in {files[split].name}; check data.text_column")
+            raise ConfigError(f"{option}={root}: no usable row in {files[split].name}; check data.text_column")
         splits[split] = Split([t for t, _ in kept], np.array([y for _, y in kept], dtype=np.int64))
     if bad:
-        _report(bad, bad_rows, root, listing_dir)
+        _report(bad, bad_rows, root, listing_dir, option)
     return splits, class_names
 
 
-def _split_files(path: Path, root: str) -> dict[str, Path]:
+def _split_files(path: Path, root: str, option: str) -> dict[str, Path]:
     if path.is_file():
         if path.suffix.lower() not in TEXT_FORMATS:
-            raise ConfigError(f"data.root={root}: not a {', '.join(TEXT_FORMATS)} file; give one, or a folder of them")
+            raise ConfigError(f"{option}={root}: not a {', '.join(TEXT_FORMATS)} file; give one, or a folder of them")
         return {"all": path}
     if not path.is_dir():
-        raise ConfigError(f"data.root={root}: no such file or folder; give a text file or a folder of train/val files")
+        raise ConfigError(f"{option}={root}: no such file or folder; give a text file or a folder of train/val files")
     files = {}
     for split in SPLITS:
         found = sorted(p for p in path.iterdir() if p.stem == split and p.suffix.lower() in TEXT_FORMATS)
         if len(found) > 1:
             raise ConfigError(
-                f"data.root={root}: {len(found)} {split} files ({found[0].name}, {found[1].name}); keep one"
+                f"{option}={root}: {len(found)} {split} files ({found[0].name}, {found[1].name}); keep one"
             )
         if found:
             files[split] = found[0]
     if "train" not in files or "val" not in files:
         raise ConfigError(
-            f"data.root={root}: needs train and val files (train.csv, val.csv; or .tsv, .jsonl), found "
+            f"{option}={root}: needs train and val files (train.csv, val.csv; or .tsv, .jsonl), found "
             f"{', '.join(p.name for p in files.values()) or 'none'}; or give one file, split by data.val_fraction"
         )
     return files
 
 
-def _class_folders(path: Path, root: str) -> dict[str, Path]:
+def _class_folders(path: Path) -> dict[str, Path]:
     """The folders whose sub-folders are the classes: ``train``/``val``/``test`` where ``train`` exists (val may
     be missing: carved out of train), else ``root`` itself (one split, ``all``)."""
     if not (path / "train").is_dir():
@@ -123,12 +123,12 @@ def _class_folders(path: Path, root: str) -> dict[str, Path]:
     return {split: path / split for split in SPLITS if (path / split).is_dir()}
 
 
-def _read_txt_files(folder: Path, bad: list[str]) -> list[tuple[int, str, str]]:
+def _read_txt_files(folder: Path, bad: list[str], option: str) -> list[tuple[int, str, str]]:
     """(number, text, label) of each ``<class>/*.txt`` under ``folder``, the label its class folder's name."""
     files = sorted(p for p in folder.glob("*/*.txt") if not p.parent.name.startswith("."))
     if not files:
         raise ConfigError(
-            f"data.root={folder}: no class folders of .txt files (<class>/*.txt) and no train/val "
+            f"{option}={folder}: no class folders of .txt files (<class>/*.txt) and no train/val "
             f"{', '.join(TEXT_FORMATS)} files; give one of those layouts"
         )
     rows = []
@@ -187,7 +187,7 @@ def _problem(text, label) -> str | None:
     return None
 
 
-def _report(bad: list[str], policy: str, root: str, listing_dir: Path | None) -> None:
+def _report(bad: list[str], policy: str, root: str, listing_dir: Path | None, option: str) -> None:
     if policy == "error":
         raise ConfigError(f"data.bad_rows=error: {bad[0]}; fix the row or set data.bad_rows=skip")
     where = ""
@@ -197,7 +197,7 @@ def _report(bad: list[str], policy: str, root: str, listing_dir: Path | None) ->
         write_atomic(Path(listing_dir) / BAD_ROWS, "".join(f"{line}\n" for line in bad))
         where = f", listed in {Path(listing_dir) / BAD_ROWS}"
     warnings.warn(
-        f"data.bad_rows=skip: skipped {len(bad)} row(s) of data.root={root}{where} (set data.bad_rows=error to "
+        f"data.bad_rows=skip: skipped {len(bad)} row(s) of {option}={root}{where} (set data.bad_rows=error to "
         "stop instead)",
         stacklevel=3,
     )
