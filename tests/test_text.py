@@ -142,7 +142,11 @@ def test_the_encoder_pools_as_sentence_transformers_and_groups_by_layer():
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("schedule", "epochs", "lr"), [("frozen", 2, 3e-3), ("gradual", 6, 1e-2)])
+@pytest.mark.parametrize(
+    ("schedule", "epochs", "lr"),
+    [("frozen", 2, 3e-3), ("gradual", 6, 1e-2), ("full", 3, 3e-3), ("freeze_depth", 6, 1e-2), ("lp_ft", 3, 3e-3),
+     ("layer_decay", 3, 3e-3)],
+)  # fmt: skip
 def test_a_text_run_trains_under_the_image_schedules_and_eval_scores_its_checkpoint(
     tiny_bert, tmp_path, schedule, epochs, lr
 ):
@@ -152,19 +156,22 @@ def test_a_text_run_trains_under_the_image_schedules_and_eval_scores_its_checkpo
     rows = _texts(90, seed=2)
     _write(root / "train.csv", rows[:60])
     _write(root / "val.csv", rows[60:])
-    cfg = compose_config(
+    cfg_overrides = [
         "backbone=hf", f"backbone.path={tiny_bert}", "backbone.max_length=32", "data=text", f"data.root={root}",
         f"schedule={schedule}", f"trainer.max_epochs={epochs}", "trainer.accelerator=cpu", "logger=none",
-        "test=false", f"optimizer.lr={lr}", f"paths.output_dir={tmp_path}/run", f"data.feature_cache={tmp_path}/cache",
-    )  # fmt: skip
-    summary = train(cfg)
+        "test=false", f"optimizer.lr={lr}", f"data.feature_cache={tmp_path}/cache",
+    ]  # fmt: skip
+    summary = train(compose_config(*cfg_overrides, f"paths.output_dir={tmp_path}/run"))
     assert completed(summary)
     assert summary["layer_groups"] == ["embeddings", "encoder.layer.0", "encoder.layer.1"]
     assert summary["inputs"]["kind"] == "text" and summary["inputs"]["max_length"] == 32
     assert summary["best"]["val/acc"] > 0.6  # three classes told apart by their words
     if schedule == "frozen":
         assert summary["probe"][0]["n"] == 60 and [e["split"] for e in summary["feature_cache"]] == ["train", "val"]
-    else:
+        again = train(compose_config(*cfg_overrides, f"paths.output_dir={tmp_path}/again"))
+        assert [e["hit"] for e in again["feature_cache"]] == [True, True]  # the embeddings came from the cache
+        assert again["best"]["val/acc"] == summary["best"]["val/acc"]
+    elif schedule == "gradual":
         assert [p["trainable_params"] for p in summary["phases"]][0] < [
             p["trainable_params"] for p in summary["phases"]
         ][-1]
