@@ -349,3 +349,21 @@ def test_domain_adaptation_from_texts_to_texts(tiny_bert, tmp_path, method):
     assert completed(summary)
     assert summary["target"]["labelled"] and summary["target"]["split_sizes"]["val"] == 20
     assert "target/acc" in summary["final"]
+
+
+def test_rows_of_one_group_stay_in_one_split(tiny_bert, tmp_path):
+    rows = _texts(120, seed=7)
+    path = tmp_path / "all.csv"
+    with open(path, "w", newline="") as f:  # 40 source packages of 3 binary packages each, one topic a source
+        writer = csv.writer(f)
+        writer.writerow(["text", "label", "source"])
+        writer.writerows((f"{text} {i}", list(TOPICS)[i // 3 % 3], f"src{i // 3}") for i, (text, _) in enumerate(rows))
+    dm = _data(tmp_path, tiny_bert, root=str(path), group_column="source", test_fraction=0.2)
+    where = {name: set(dm.datasets[name].items) for name in ("train", "val", "test")}
+    by_group: dict[str, set[str]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            by_group.setdefault(row["source"], set()).update(n for n, texts in where.items() if row["text"] in texts)
+    assert all(len(splits) == 1 for splits in by_group.values())  # no source package straddles two splits
+    sizes = dm.split_sizes()
+    assert sum(sizes.values()) == 120 and 15 <= sizes["test"] <= 33 and 15 <= sizes["val"] <= 33

@@ -65,6 +65,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         text_column: str = "text",
         label_column: str = "label",
         bad_rows: str = "skip",
+        group_column: str | None = None,
         features: FeatureServing | None = None,
     ):
         super().__init__()
@@ -96,7 +97,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.text_column, self.label_column, self.bad_rows = text_column, label_column, bad_rows
         if source == "text":
             listing = self.output_dir
-            self._raw, self.class_names = texts.scan_texts(root, text_column, label_column, bad_rows, listing)
+            self._raw, self.class_names = texts.scan_texts(
+                root, text_column, label_column, bad_rows, listing, group_column=group_column
+            )
         else:
             self._raw, self.class_names = _list_source(source, root, classes, photos)
         self.num_classes = len(self.class_names)

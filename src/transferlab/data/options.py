@@ -23,13 +23,14 @@ def check_options(options: Mapping[str, Any]) -> None:
     _choice("bad_files", get("bad_files") or "skip", BAD_FILE_POLICIES)
     _choice("bad_rows", get("bad_rows") or "skip", BAD_FILE_POLICIES)
     if get("source") == "text":
-        image_only = [k for k in ("input_size", "mean", "std", "classes", "photos") if get(k) is not None]
-        if get("augment") not in (None, "none") or get("cache_images"):
-            image_only.insert(0, "augment" if get("augment") not in (None, "none") else "cache_images")
-        if image_only:
-            raise ConfigError(
-                f"data.{image_only[0]}={get(image_only[0])}: applies to images, not data.source=text; remove it"
-            )
+        set_for_images = [k for k in ("input_size", "mean", "std", "classes", "photos") if get(k) is not None]
+        set_for_images += [k for k in ("augment",) if get(k) not in (None, "none")]
+        set_for_images += [k for k in ("cache_images",) if get(k)]
+        if set_for_images:
+            key = set_for_images[0]
+            raise ConfigError(f"data.{key}={get(key)}: applies to images, not data.source=text; remove it")
+    elif get("group_column") is not None:
+        raise ConfigError(f"data.group_column={get('group_column')}: applies to data.source=text; remove it")
     val_fraction = _fraction("val_fraction", get("val_fraction", 0.2), low_open=True, high_open=True, example=0.2)
     test_fraction = _fraction("test_fraction", get("test_fraction", 0.0), low_open=False, high_open=True, example=0.1)
     if val_fraction + test_fraction >= 1:

@@ -21,16 +21,19 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Split:
-    """One split: ``items`` are image paths or HxWx3 uint8 arrays, ``labels`` their class indices."""
+    """One split: ``items`` are image paths, HxWx3 uint8 arrays or texts, ``labels`` their class indices, and
+    ``groups`` (optional) what must stay together when the split is divided (data.group_column)."""
 
     items: list
     labels: np.ndarray
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def subset(self, indices: Sequence[int]) -> Split:
-        return Split([self.items[i] for i in indices], self.labels[np.asarray(indices, dtype=int)])
+        at = np.asarray(indices, dtype=int)
+        return Split([self.items[i] for i in at], self.labels[at], None if self.groups is None else self.groups[at])
 
 
 class LabeledImages(Dataset):
@@ -178,7 +181,10 @@ def split_off(split: Split, fraction: float, seed: int, option: str) -> tuple[Sp
 
     indices = np.arange(len(split))
     try:
-        rest, taken = train_test_split(indices, test_size=fraction, stratify=split.labels, random_state=seed)
+        if split.groups is not None:
+            rest, taken = _split_groups(split, fraction, seed)
+        else:
+            rest, taken = train_test_split(indices, test_size=fraction, stratify=split.labels, random_state=seed)
     except ValueError:
         counts = np.bincount(split.labels)
         raise ConfigError(
@@ -186,6 +192,17 @@ def split_off(split: Split, fraction: float, seed: int, option: str) -> tuple[Sp
             f"{counts.min()}) with every class on both sides; change {option} or add images"
         ) from None
     return split.subset(np.sort(rest)), split.subset(np.sort(taken))
+
+
+def _split_groups(split: Split, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, taken) with whole groups on each side, as close to stratified as groups allow: one fold of
+    scikit-learn's StratifiedGroupKFold with 1/fraction folds (so about ``fraction`` is taken)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    folds = max(2, round(1 / fraction))
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    rest, taken = next(splitter.split(np.zeros(len(split)), split.labels, split.groups))
+    return rest, taken
 
 
 def make_splits(raw: dict[str, Split], val_fraction: float, test_fraction: float, seed: int) -> dict[str, Split]:

@@ -54,23 +54,31 @@ class LabeledTexts(Dataset):
 
 
 def scan_texts(
-    root: str, text_column: str, label_column: str, bad_rows: str, listing_dir: Path | None, option: str = "data.root"
+    root: str,
+    text_column: str,
+    label_column: str,
+    bad_rows: str,
+    listing_dir: Path | None,
+    option: str = "data.root",
+    group_column: str | None = None,
 ) -> tuple[dict[str, Split], list[str]]:
     """The splits of ``root`` (``option``: data.root, or data.target.root; see the module) with their labels as
     indices into the sorted class names of train (or of the one file), and those class names."""
     path = Path(root).expanduser()
-    rows: dict[str, list[tuple[int, str, str]]] = {}
+    rows: dict[str, list[tuple[int, str, str, str]]] = {}
     bad: list[str] = []
     if path.is_dir() and not any(p.suffix.lower() in TEXT_FORMATS for p in path.iterdir() if p.is_file()):
+        if group_column is not None:
+            raise ConfigError(f"data.group_column={group_column}: needs a table file (.csv, .tsv, .jsonl); remove it")
         files = _class_folders(path)  # <class>/*.txt, or {train,val,test}/<class>/*.txt
         for split, folder in files.items():
             rows[split] = _read_txt_files(folder, bad, option)
     else:
         files = _split_files(path, root, option)
         for split, file in files.items():
-            rows[split] = _read_rows(file, text_column, label_column, bad)
+            rows[split] = _read_rows(file, text_column, label_column, bad, group_column)
     first = "train" if "train" in rows else "all"
-    class_names = sorted({label for _, _, label in rows[first]})
+    class_names = sorted({label for _, _, label, _ in rows[first]})
     if len(class_names) < 2:
         raise ConfigError(
             f"{option}={root}: {len(class_names)} label(s) {class_names} in data.label_column={label_column} of "
@@ -79,13 +87,14 @@ def scan_texts(
     index = {name: i for i, name in enumerate(class_names)}
     splits = {}
     for split, found in rows.items():
-        for line, _, label in found:
+        for line, _, label, _ in found:
             if label not in index:
                 bad.append(f"{files[split]}: row {line}: label {label!r} is not among train's labels")
-        kept = [(text, index[label]) for _, text, label in found if label in index]
+        kept = [(text, index[label], group) for _, text, label, group in found if label in index]
         if not kept:
             raise ConfigError(f"{option}={root}: no usable row in {files[split].name}; check data.text_column")
-        splits[split] = Split([t for t, _ in kept], np.array([y for _, y in kept], dtype=np.int64))
+        groups = np.array([g for _, _, g in kept]) if group_column is not None else None
+        splits[split] = Split([t for t, _, _ in kept], np.array([y for _, y, _ in kept], dtype=np.int64), groups)
     if bad:
         _report(bad, bad_rows, root, listing_dir, option)
     return splits, class_names
@@ -123,8 +132,8 @@ def _class_folders(path: Path) -> dict[str, Path]:
     return {split: path / split for split in SPLITS if (path / split).is_dir()}
 
 
-def _read_txt_files(folder: Path, bad: list[str], option: str) -> list[tuple[int, str, str]]:
-    """(number, text, label) of each ``<class>/*.txt`` under ``folder``, the label its class folder's name."""
+def _read_txt_files(folder: Path, bad: list[str], option: str) -> list[tuple[int, str, str, str]]:
+    """(number, text, label, no group) of each ``<class>/*.txt`` under ``folder``, the label its class folder's name."""
     files = sorted(p for p in folder.glob("*/*.txt") if not p.parent.name.startswith("."))
     if not files:
         raise ConfigError(
@@ -138,12 +147,14 @@ def _read_txt_files(folder: Path, bad: list[str], option: str) -> list[tuple[int
         if problem:
             bad.append(f"{file}: {problem}")
         else:
-            rows.append((number, text.strip(), file.parent.name))
+            rows.append((number, text.strip(), file.parent.name, ""))
     return rows
 
 
-def _read_rows(file: Path, text_column: str, label_column: str, bad: list[str]) -> list[tuple[int, str, str]]:
-    """(row number, text, label) of each usable row; what is wrong with the others goes to ``bad``."""
+def _read_rows(
+    file: Path, text_column: str, label_column: str, bad: list[str], group_column: str | None = None
+) -> list[tuple[int, str, str, str]]:
+    """(row number, text, label, group) of each usable row; what is wrong with the others goes to ``bad``."""
     # surrogateescape: a byte that is not UTF-8 marks its row as bad instead of stopping the read
     with open(file, encoding="utf-8", errors="surrogateescape", newline="") as f:
         if file.suffix.lower() == ".jsonl":
@@ -161,8 +172,9 @@ def _read_rows(file: Path, text_column: str, label_column: str, bad: list[str]) 
             reader = csv.DictReader(f, delimiter="\t" if file.suffix.lower() == ".tsv" else ",")
             records = list(reader)
             columns = set(reader.fieldnames or ())
-    for option, column in (("text_column", text_column), ("label_column", label_column)):
-        if column not in columns:
+    named = [("text_column", text_column), ("label_column", label_column), ("group_column", group_column)]
+    for option, column in named:
+        if column is not None and column not in columns:
             raise ConfigError(
                 f"data.{option}={column}: {file.name} has no such column; choose one of {', '.join(sorted(columns))}"
             )
@@ -173,7 +185,8 @@ def _read_rows(file: Path, text_column: str, label_column: str, bad: list[str]) 
         if problem:
             bad.append(f"{file}: row {line}: {problem}")
         else:
-            rows.append((line, str(text).strip(), str(label).strip()))
+            group = str(record.get(group_column) or "") if group_column is not None else ""
+            rows.append((line, str(text).strip(), str(label).strip(), group))
     return rows
 
 
