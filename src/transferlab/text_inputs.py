@@ -38,6 +38,10 @@ class Tokenize:
     def __call__(self, text: str) -> list[int]:
         return self._tokenizer.encode(text).ids
 
+    def many(self, texts: Sequence[str]) -> list[list[int]]:
+        """The token ids of ``texts``, encoded in one call (in parallel, by the tokenizers library)."""
+        return [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
+
     def __getstate__(self) -> dict[str, Any]:
         return {"tokenizer_json": self.tokenizer_json, "max_length": self.max_length, "digest": self.digest}
 

@@ -29,20 +29,23 @@ BAD_ROWS = "bad_rows.txt"
 
 
 class LabeledTexts(Dataset):
-    """:class:`~transferlab.batches.Batch` items (token ids, label) of a :class:`Split` of texts."""
+    """:class:`~transferlab.batches.Batch` items (token ids, label) of a :class:`Split` of texts, each tokenized
+    once (``transform``: a text -> its ids; one with ``many`` encodes them all in one call)."""
 
     def __init__(self, split: Split, transform: Callable):
         self.items, self.labels, self.transform = split.items, split.labels, transform
+        many = getattr(transform, "many", None)
+        self.ids = many(self.items) if many else [transform(text) for text in self.items]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> Batch:
-        return Batch(self.transform(self.items[index]), int(self.labels[index]))
+        return Batch(self.ids[index], int(self.labels[index]))
 
     def lengths(self) -> list[int]:
         """Each text's length in tokens (what its batch is padded to), for length-grouped batches."""
-        return [len(self.transform(text)) for text in self.items]
+        return [len(ids) for ids in self.ids]
 
     def fingerprint(self) -> str:
         """Hash of the texts, labels and tokenization (the feature cache's key)."""
