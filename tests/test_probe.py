@@ -102,3 +102,19 @@ def test_class_weights_weigh_the_probe_as_scikit_learns_class_weight(classes):
     theirs = LogisticRegression(C=0.05, class_weight="balanced", tol=1e-8, max_iter=5000).fit(x, y)
     np.testing.assert_allclose(ours[0], theirs.coef_, atol=2e-3)
     np.testing.assert_allclose(ours[1], theirs.intercept_, atol=2e-3)
+
+
+def test_features_far_from_unit_scale_are_fitted_to_the_same_optimum():
+    """An unnormalised network's features (x 1e6) at C / 1e12 are the same problem as the unit-scale one at C."""
+    from sklearn.datasets import load_digits
+
+    from transferlab.probe import fit_logistic
+
+    x, y = load_digits(return_X_y=True)
+    keep = y < 3
+    x, y = x[keep] / 16.0, y[keep]
+    unit = fit_logistic(x, y, 3, c=0.1)
+    huge = fit_logistic(x * 1e6, y, 3, c=0.1 / 1e12)
+    np.testing.assert_allclose(huge[0] * 1e6, unit[0], atol=5e-3)  # within the stopping rule's tolerance
+    np.testing.assert_allclose(huge[1], unit[1], atol=5e-3)
+    assert (predict(*huge, x * 1e6) == predict(*unit, x)).all()

@@ -40,13 +40,21 @@ def fit_logistic(
     (the binary model, as scikit-learn fits it), else one per class (multinomial). ``start``: a (weight, bias)
     to start from (a neighbouring ``c``'s solution), which only makes it converge sooner. ``class_weights``
     weigh each example's loss by its class, as scikit-learn's ``class_weight`` does."""
-    x = torch.as_tensor(np.asarray(features, dtype=np.float64))
+    # Features far from unit scale (an unnormalised network's, of 1e6) never meet the stopping rule, and each fit
+    # would run MAX_ITER: they are fitted as features / s (s their RMS) at C s^2, the same optimum
+    # (x.w = (x/s).(w s), ||w||^2 = ||w s||^2 / s^2). Features of ordinary scale are fitted as they are, by
+    # scikit-learn's rule (parity tested).
+    features = np.asarray(features, dtype=np.float64)
+    rms = float(np.sqrt(np.mean(np.square(features))))
+    s = rms if rms and not 1e-2 <= rms <= 1e2 else 1.0
+    c = c * s * s
+    x = torch.as_tensor(features / s)
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     outputs = 1 if num_classes == 2 else num_classes
     weight = torch.zeros(outputs, x.shape[1], dtype=torch.float64)
     bias = torch.zeros(outputs, dtype=torch.float64)
     if start is not None:
-        weight, bias = torch.as_tensor(start[0]).clone(), torch.as_tensor(start[1]).clone()
+        weight, bias = torch.as_tensor(start[0]).clone() * s, torch.as_tensor(start[1]).clone()
     weight.requires_grad_(True)
     bias.requires_grad_(True)
     optimizer = torch.optim.LBFGS(
@@ -71,7 +79,7 @@ def fit_logistic(
         return loss
 
     optimizer.step(closure)
-    return weight.detach().numpy(), bias.detach().numpy()
+    return weight.detach().numpy() / s, bias.detach().numpy()
 
 
 def predict(weight: np.ndarray, bias: np.ndarray, features: np.ndarray) -> np.ndarray:
