@@ -35,9 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-BIN = Path(sys.executable).parent
-TINY = ["backbone.name=test_resnet", "data.classes=[0,1,2]", "data.input_size=32", "trainer.max_epochs=1",
-        "trainer.accelerator=cpu", "trainer.devices=1", "logger=none"]  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' tiny run and user network
+from helpers import BIN, TINY, custom_network_run  # noqa: E402
 
 
 @dataclass
@@ -427,38 +426,13 @@ def concurrent_case(work: Path) -> list[tuple[str, str]]:
     return [("two trainings into one folder at once", "clean" if ok else "lost")]
 
 
-NETWORK = """
-from torch import nn
-
-SCALE = {scale}
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, {width}, 3)
-
-    def forward(self, x):
-        return self.conv(x).mean((2, 3)) * SCALE
-"""
-
-
-def custom_run(code: Path, cache: Path, run_dir: Path, scale: str, width: int = 8) -> subprocess.CompletedProcess:
-    (code / "netfile.py").write_text(NETWORK.format(scale=scale, width=width))
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    args = ["backbone=custom", "backbone.name=null", "backbone.model._target_=netfile.Net",
-            "backbone.data_config.input_size=[3,32,32]", "schedule=frozen", "test=false",
-            "data.samples_per_class=5"]  # few examples: the exact probe on features of 1e6 converges slowly  # fmt: skip
-    return run("transferlab-train", *TINY, *args, f"data.feature_cache={cache}", f"hydra.run.dir={run_dir}", env=env)
-
-
 def cache_cases(work: Path) -> list[tuple[str, str]]:
     """A user's own network edited between runs, features beyond fp16's range, features that are NaN."""
     code, cache = work / "code", work / "cache"
     code.mkdir()
     hits = []
     for name, scale in (("a", "1.0"), ("b", "1e6")):
-        result = custom_run(code, cache, work / f"cache-{name}", scale)
+        result = custom_network_run(code, cache, work / f"cache-{name}", scale)
         if result.returncode != 0:
             return [("the cache notices an edited forward()", verdict(result, "ok"))]
         hits.append([e["hit"] for e in json.loads(_read(work / f"cache-{name}/summary.json"))["feature_cache"]])
@@ -466,7 +440,7 @@ def cache_cases(work: Path) -> list[tuple[str, str]]:
     values = np.load(entry)
     out = [("the cache notices an edited forward()", "clean" if hits[1] == [False, False] else "silent"),
            ("features beyond fp16's range are kept", "clean" if np.isfinite(values).all() else "silent")]  # fmt: skip
-    broken = custom_run(code, cache, work / "cache-nan", "float('nan')")
+    broken = custom_network_run(code, cache, work / "cache-nan", "float('nan')")
     leftovers = [p for p in cache.iterdir() if p.suffix != ".npy"]
     ok = one_failed_line(broken) and _status(work / "cache-nan") == "failed" and not leftovers
     out.append(("NaN features", "clean" if ok else "traceback" if "Traceback" in broken.stderr else "silent"))
@@ -522,7 +496,7 @@ def disk_cases(work: Path, sweep: Path) -> list[tuple[str, str]]:
 
         mounted(small, "64k")
         (work / "code").mkdir(exist_ok=True)
-        full = custom_run(work / "code", small, work / "small-run", "1.0", width=512)
+        full = custom_network_run(work / "code", small, work / "small-run", "1.0", width=512)
         left = [p for p in small.iterdir() if p.suffix != ".npy" or ".tmp" in p.name]  # whole entries may stay
         outcome = "lost" if left else verdict(full, "error")
         out.append(

@@ -2,10 +2,13 @@
 logs, test-only Lightning callbacks (added to runs through config: +callbacks.NAME._target_=helpers.X), and
 scikit-learn's linear probe for parity checks."""
 
+import contextlib
 import json
+import os
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -195,3 +198,49 @@ def sklearn_probe(train_x, train_y, val_x):
         scoring="accuracy",
     )
     return search.fit(train_x, train_y).predict(val_x)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A small tmpfs mounted at ``folder`` (``options``: ``size=64k``, ``size=1m,ro``): a full or read-only disk.
+    Where none can be mounted (not root), the test is skipped."""
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False, capture_output=True)
+
+
+# A user's own network in a file of its own (netfile.py): edited between runs, it must change the feature cache's key.
+NETWORK = """
+from torch import nn
+
+SCALE = {scale}
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, {width}, 3)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3)) * SCALE
+"""
+
+
+def custom_network_run(
+    code: Path, cache: Path, run: Path, scale: str, width: int = 8, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """A frozen TINY run of ``code``/netfile.py (written here: features x ``scale``, ``width`` of them), its
+    features cached in ``cache``; 5 examples a class, as the exact probe on features of 1e6 converges slowly."""
+    (code / "netfile.py").write_text(NETWORK.format(scale=scale, width=width))
+    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    overrides = ["backbone=custom", "backbone.name=null", "backbone.model._target_=netfile.Net",
+                 "backbone.data_config.input_size=[3,32,32]", "schedule=frozen", "test=false",
+                 "data.samples_per_class=5", f"data.feature_cache={cache}", f"hydra.run.dir={run}"]  # fmt: skip
+    return run_cli("transferlab-train", *TINY, *overrides, env=env, timeout=timeout)

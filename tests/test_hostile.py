@@ -26,7 +26,7 @@ from transferlab.errors import ConfigError
 from transferlab.sweep_results import load_trials
 from transferlab.train import train
 
-from helpers import BIN, TINY, completed, read_summary, run_cli
+from helpers import BIN, TINY, completed, custom_network_run, read_summary, run_cli, tmpfs
 
 
 def _one_error_line(result: subprocess.CompletedProcess, code: int = 2) -> str:
@@ -378,12 +378,7 @@ def test_a_moved_run_resumes_from_its_own_checkpoints_and_a_failed_resume_keeps_
 
 @pytest.mark.slow
 def test_a_full_or_read_only_disk_is_one_line_and_leaves_no_temporary_files(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "size=600k") as disk:
         result = run_cli("transferlab-train", *TINY, "test=false", f"hydra.run.dir={disk}/run")
         line = _one_error_line(result)
         assert "No space left on device" in line or "file write failed" in line, line
@@ -395,42 +390,9 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_no_temporary_files(tmp_
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         read_only = run_cli("transferlab-train", *TINY, f"hydra.run.dir={disk}/other")
         assert "cannot be written (read-only or not yours)" in _one_error_line(read_only)
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
 
 
 # --- caches and reports ---------------------------------------------------------------------------------------------
-
-NETWORK = """
-from torch import nn
-
-SCALE = {scale}
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, {width}, 3)
-
-    def forward(self, x):
-        return self.conv(x).mean((2, 3)) * SCALE
-"""
-
-
-def _custom_run(code: Path, cache: Path, run: Path, scale: str, width: int = 8) -> subprocess.CompletedProcess:
-    """A frozen run of a user's own network (``code``/netfile.py, written here), features cached in ``cache``."""
-    (code / "netfile.py").write_text(NETWORK.format(scale=scale, width=width))
-    args = ["backbone=custom", "backbone.name=null", "backbone.model._target_=netfile.Net"]
-    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    overrides = [
-        *TINY,
-        *args,
-        "backbone.data_config.input_size=[3,32,32]",
-        "schedule=frozen",
-        "test=false",
-        "data.samples_per_class=5",
-    ]  # few examples: the exact probe on features of 1e6 converges slowly
-    return run_cli("transferlab-train", *overrides, f"data.feature_cache={cache}", f"hydra.run.dir={run}", env=env)
 
 
 def _cache_log(run: Path) -> list[tuple[str, bool]]:
@@ -440,17 +402,17 @@ def _cache_log(run: Path) -> list[tuple[str, bool]]:
 @pytest.mark.slow
 def test_the_cache_notices_edited_code_and_keeps_features_fp16_cannot_hold(tmp_path):
     cache = tmp_path / "cache"
-    assert _custom_run(tmp_path, cache, tmp_path / "a", "1.0").returncode == 0
-    assert _custom_run(tmp_path, cache, tmp_path / "b", "1.0").returncode == 0
+    assert custom_network_run(tmp_path, cache, tmp_path / "a", "1.0").returncode == 0
+    assert custom_network_run(tmp_path, cache, tmp_path / "b", "1.0").returncode == 0
     assert _cache_log(tmp_path / "b") == [("train", True), ("val", True)]
     # The same weights, an edited forward(): features far beyond fp16's range (65504).
-    huge = _custom_run(tmp_path, cache, tmp_path / "c", "1e6")
+    huge = custom_network_run(tmp_path, cache, tmp_path / "c", "1e6")
     assert huge.returncode == 0, huge.stderr[-2000:]
     assert _cache_log(tmp_path / "c") == [("train", False), ("val", False)]
     entry = np.load(read_summary(tmp_path / "c")["feature_cache"][1]["file"])
     assert entry.dtype == np.float32 and np.isfinite(entry).all() and np.abs(entry).max() > 65504
 
-    broken = _custom_run(tmp_path, cache, tmp_path / "d", "float('nan')")
+    broken = custom_network_run(tmp_path, cache, tmp_path / "d", "float('nan')")
     line = _one_error_line(broken, code=1)
     assert line.startswith("error: the backbone's features of example 0 are not finite (nan)"), line
     summary = read_summary(tmp_path / "d")
@@ -460,20 +422,14 @@ def test_the_cache_notices_edited_code_and_keeps_features_fp16_cannot_hold(tmp_p
 
 @pytest.mark.slow
 def test_a_full_disk_under_the_cache_is_one_line_and_leaves_nothing_there(tmp_path):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(cache)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        result = _custom_run(tmp_path, cache, tmp_path / "run", "1.0", width=512)  # 0.1 MB of val features: no room
+    with tmpfs(tmp_path / "cache", "size=64k") as cache:
+        # 512 features: 0.1 MB of val features, no room for them
+        result = custom_network_run(tmp_path, cache, tmp_path / "run", "1.0", width=512)
         line = _one_error_line(result)
         assert re.match(rf"error: data.feature_cache={cache}: no space for the (train|val) features", line), line
         assert read_summary(tmp_path / "run")["status"] == "failed"
         # the train entry was whole before the disk filled; nothing temporary is left beside it
         assert [p.name for p in cache.iterdir() if p.suffix != ".npy" or ".tmp" in p.name] == []
-    finally:
-        subprocess.run(["umount", str(cache)], check=False)
 
 
 @pytest.mark.slow

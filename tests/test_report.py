@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from transferlab.report import load_trials, main, write_report
 from transferlab.run_folder import write_metrics, write_summary
 
-from helpers import run_cli
+from helpers import run_cli, tmpfs
 
 CHROMIUM = Path("/usr/bin/chromium")
 SWEEP_ARGS = [
@@ -265,17 +264,10 @@ def test_what_the_report_cannot_use_is_one_line_or_an_unreadable_trial(sweep, tm
     assert err[-1].startswith("transferlab-report: error: --metric val/bogus: no trial logged it; choose one of")
     assert "val/acc" in err[-1]
 
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "size=1m,ro") as disk:
         assert main([str(sweep), "--out", str(disk / "report")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [
             f"transferlab-report: error: --out {disk / 'report'}: cannot be written (Read-only file system); "
             "pass --out to a writable folder"
         ]
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
