@@ -193,6 +193,18 @@ def first_line(error: object) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
+def job_summary(task: str, cfg, *given: str, **fields) -> dict:
+    """A job's first summary.json: ``running``, its task, run folder, the config values named in ``given`` (null
+    where still missing), ``fields``, its command-line overrides and when it started."""
+    import time
+
+    from omegaconf import OmegaConf
+
+    options = {key: None if OmegaConf.is_missing(cfg, key) else cfg[key] for key in given}
+    return {"status": "running", "task": task, "run_dir": str(Path(cfg.paths.output_dir)), **options, **fields,
+            "overrides": job_overrides(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+
+
 def job_overrides() -> list[str]:
     """This Hydra job's command-line overrides (empty outside a Hydra app)."""
     from hydra.core.hydra_config import HydraConfig

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.cli import cli_main, conf_dir, instantiate, job_overrides, run_task
+from transferlab.cli import cli_main, conf_dir, instantiate, job_summary, run_task
 from transferlab.errors import ConfigError
 from transferlab.run_folder import claim, locked, recorded
 
@@ -24,15 +23,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ``<split>/loss`` and, with more than five classes, ``<split>/top5``.
     """
     run_dir = Path(cfg.paths.output_dir)
-    summary: dict[str, Any] = {
-        "status": "running",
-        "task": "eval",
-        "run_dir": str(run_dir),
-        "ckpt_path": None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path,
-        "split": cfg.split,
-        "overrides": job_overrides(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    summary = job_summary("eval", cfg, "ckpt_path", "split")
     claim(run_dir, "eval", resuming=False, overwrite=bool(cfg.get("overwrite")))
     with locked(run_dir), recorded(run_dir, summary):
         summary.update(_evaluate(cfg, run_dir))

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.cli import cli_main, conf_dir, job_overrides, run_task
+from transferlab.cli import cli_main, conf_dir, job_summary, run_task
 from transferlab.data.images import BAD_FILE_POLICIES
 from transferlab.errors import ConfigError
 from transferlab.inference import checkpoint_path, image_paths, inference_trainer
@@ -31,15 +30,7 @@ def predict(cfg: DictConfig) -> Path:
     ``overwrite`` is set, and never when it is one of the inputs.
     """
     run_dir = Path(cfg.paths.output_dir)
-    summary: dict[str, Any] = {
-        "status": "running",
-        "task": "predict",
-        "run_dir": str(run_dir),
-        "ckpt_path": None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path,
-        "input": None if OmegaConf.is_missing(cfg, "input") else cfg.input,
-        "overrides": job_overrides(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    summary = job_summary("predict", cfg, "ckpt_path", "input")
     claim(run_dir, "predict", resuming=False, overwrite=bool(cfg.overwrite))
     with locked(run_dir), recorded(run_dir, summary):
         summary.update(_predict(cfg, run_dir))

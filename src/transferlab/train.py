@@ -13,7 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.cli import cli_main, conf_dir, instantiate, job_overrides, run_task
+from transferlab.cli import cli_main, conf_dir, instantiate, job_summary, run_task
 from transferlab.config import check_accelerator, validate
 from transferlab.errors import ConfigError
 from transferlab.run_folder import CHECKPOINTS, claim, locked, recorded, versions, write_summary
@@ -27,14 +27,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from pytorch_lightning.utilities import rank_zero_only
 
     write = write_summary if rank_zero_only.rank == 0 else lambda *_: None  # DDP ranks share one run folder
-    summary: dict[str, Any] = {
-        "status": "running",
-        "task": "train",
-        "run_dir": str(run_dir),
-        "overrides": job_overrides(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    summary = job_summary("train", cfg, slurm_job_id=os.environ.get("SLURM_JOB_ID"))
     lock = contextlib.nullcontext()  # DDP ranks share rank 0's run folder, and rank 0 holds its lock
     if rank_zero_only.rank == 0:
         claim(run_dir, "train", resuming=bool(cfg.get("ckpt_path")), overwrite=bool(cfg.get("overwrite")))
