@@ -201,7 +201,11 @@ def _allocate(path: Path, shape: tuple[int, int], dtype) -> np.memmap:
     page of a sparse file is first written."""
     out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
     with open(path, "r+b") as f:
-        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve: written as is
+                raise
     return out
 
 

@@ -100,7 +100,6 @@ def named_folder(argv: list[str]) -> str | None:
 
 def _check_writable(argv: list[str]) -> None:
     """The run (or sweep) folder must be writable: Hydra writes into it before any job code runs."""
-
     option, folder = "hydra.run.dir", "outputs"  # the default run and sweep folders are under ./outputs
     for arg in argv:
         key, _, value = arg.partition("=")
