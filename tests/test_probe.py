@@ -43,6 +43,7 @@ def _backbones(shared_data):
     yield "imagenet lite0 at 224 px", create_backbone("tf_efficientnet_lite0", weights=path, weights_match="order")
 
 
+@pytest.mark.slow  # real features through real networks: a minute
 def test_the_exact_probe_matches_scikit_learn_on_real_features(shared_data):
     for name, backbone in _backbones(shared_data):
         train_x, train_y = _features(shared_data, backbone.model, backbone.inputs.data_config, "train")

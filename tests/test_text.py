@@ -243,6 +243,7 @@ def test_predict_labels_texts_of_every_input_form_in_their_order(tiny_bert, tmp_
     assert [c for c, _ in tables["folder"]] == [module.class_names[i] for i in expected.tolist()]
 
 
+@pytest.mark.slow  # real features through real networks: a minute
 def test_the_exact_probe_matches_scikit_learn_on_minilm_features_of_real_descriptions(shared_data, tmp_path):
     """debian_topics, 8 descriptions per class (seeded), frozen mean-pooled MiniLM at 128 tokens; test split."""
     from transferlab.data.sources import Split
