@@ -79,7 +79,7 @@ class TargetData(pl.LightningDataModule):
         self.source.setup(stage)
         if self._datasets:
             return
-        images = self.root is not None and self.source.source == "folder"  # image files to screen
+        images = self.root is not None and self.source.source != "text"  # image files to screen
         raw = self.source.readable(self._raw, "data.target.root", self.root, images, "target_")
         splits = self.source.make_splits(raw) if self.labelled else {"train": raw["all"]}
         self._datasets = self.source.labelled({f"target_{name}": split for name, split in splits.items()})
