@@ -45,8 +45,9 @@ def cli_main(hydra_main: Callable[[], None], config_name: str) -> Callable[[], N
 def run_task(task: Callable, cfg) -> float | None:
     """Run one job. A user error ends a single run with one line and exit 2; in a sweep the job is recorded as
     failed (by the task's summary.json), returns None (Optuna marks such a trial failed; NaN would stop it) and the
-    sweep goes on. A run that fails by itself (RunFailed: a diverged loss) is one line and exit 1. SIGTERM and SIGINT end the job (and a sweep) as interrupted, with exit status 143 and 130; a
-    disk that cannot be written is one line."""
+    sweep goes on. A run that fails by itself (RunFailed: a diverged loss) is one line and exit 1. SIGTERM and
+    SIGINT end the job (and a sweep) as interrupted, with exit status 143 and 130; a disk that cannot be written
+    is one line."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

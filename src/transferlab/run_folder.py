@@ -115,10 +115,7 @@ def claim(run_dir: Path, task: str, resuming: bool, overwrite: bool) -> None:
         previous = {"status": "unreadable"}
     status = run_status(run_dir, previous)
     if status == "running":
-        raise ConfigError(
-            f"paths.output_dir={run_dir}: another run (pid {previous.get('pid')} on {previous.get('host')}) is "
-            "using this folder; wait for it or choose another"
-        )
+        raise _in_use(run_dir, f"pid {previous.get('pid')} on {previous.get('host')}")
     if overwrite:
         _empty(run_dir, keep=(".hydra", LOCK))
         return
@@ -168,12 +165,15 @@ def hydra_files_kept(run_dir: Path) -> Iterator[None]:
     the files Hydra wrote for it (``.hydra/``, ``<task>.log``) as they were too: they describe the run that is
     there, not the command that was refused."""
     summary = run_dir / SUMMARY
-    before = summary.read_bytes() if summary.is_file() else None
+    if not summary.is_file():  # a new folder: nothing there to keep
+        yield
+        return
+    before = summary.read_bytes()
     kept = {p: p.read_bytes() for p in [*run_dir.glob(".hydra/*"), *run_dir.glob("*.log")] if p.is_file()}
     try:
         yield
     finally:
-        if before is not None and summary.is_file() and summary.read_bytes() == before:
+        if summary.is_file() and summary.read_bytes() == before:
             for path, data in kept.items():
                 if not path.is_file() or path.read_bytes() != data:
                     write_atomic(path, data)
@@ -211,10 +211,14 @@ def _acquire(run_dir: Path):
             who = f"pid {holder.get('pid')} on {holder.get('host')}"
         except (OSError, ValueError):
             who = "another process"
-        raise ConfigError(
-            f"paths.output_dir={run_dir}: another run ({who}) is using this folder; wait for it or choose another"
-        ) from None
+        raise _in_use(run_dir, who) from None
     return lock
+
+
+def _in_use(run_dir: Path, who: str) -> ConfigError:
+    return ConfigError(
+        f"paths.output_dir={run_dir}: another run ({who}) is using this folder; wait for it or choose another"
+    )
 
 
 @contextmanager

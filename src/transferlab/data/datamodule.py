@@ -96,9 +96,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         # Listing is cheap and catches layout mistakes before any model is built.
         self.text_column, self.label_column, self.bad_rows = text_column, label_column, bad_rows
         if source == "text":
-            listing = self.output_dir
             self._raw, self.class_names = texts.scan_texts(
-                root, text_column, label_column, bad_rows, listing, group_column=group_column
+                root, text_column, label_column, bad_rows, self.output_dir, group_column=group_column
             )
         else:
             self._raw, self.class_names = _list_source(source, root, classes, photos)
