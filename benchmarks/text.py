@@ -110,7 +110,7 @@ def pooled_features(root: Path, cache: Path) -> dict[str, np.ndarray]:
     return {"texts": np.array(texts), "features": out}
 
 
-def sklearn_probe(features: dict[str, np.ndarray], data, balanced: bool) -> float:
+def sklearn_probe(features: dict[str, np.ndarray], data, balanced: bool, seed: int) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
@@ -124,7 +124,7 @@ def sklearn_probe(features: dict[str, np.ndarray], data, balanced: bool) -> floa
     search = GridSearchCV(
         LogisticRegression(max_iter=10000, tol=1e-6, class_weight="balanced" if balanced else None),
         {"C": list(C_GRID)},
-        cv=StratifiedKFold(5, shuffle=True, random_state=0),
+        cv=StratifiedKFold(5, shuffle=True, random_state=seed),  # the exact probe's folds: seeded by the run's seed
         scoring="accuracy",
     )
     search.fit(x("train"), data["train"][1])
@@ -257,11 +257,13 @@ def main() -> None:
     features = pooled_features(root, runs / "minilm_features.npz")
     saved = args.out / "text.json"
     results = json.loads(saved.read_text()) if saved.is_file() else {"test": {}, "val": {}, "train_epoch_s": {}}
-    for key in results:  # this run's cells replace those an earlier run left; the other cells stay
-        for size in args.sizes:
-            results[key].pop(size, None)
+    fresh: set[tuple[str, str]] = set()
 
     def record(size: str, arm: str, cell: dict) -> None:
+        if (size, arm) not in fresh:  # this run's cells replace those an earlier run left; the other cells stay
+            fresh.add((size, arm))
+            for key in results:
+                results[key].get(size, {}).pop(arm, None)
         for key in ("test", "val"):
             if cell.get(key) is not None:
                 results[key].setdefault(size, {}).setdefault(arm, []).append(cell[key])
@@ -297,14 +299,16 @@ def main() -> None:
                     val, test = tfidf(data, balanced)
                     cell = {"val": val, "test": test}
                 elif arm == "sklearn probe":
-                    cell = {"test": sklearn_probe(features, data, balanced)}
+                    cell = {"test": sklearn_probe(features, data, balanced, seed)}
                 elif arm == "hf trainer":
                     cell = hf_trainer(data, seed, args.epochs, folder)
                 else:
                     extra = ["class_weights=balanced"] if balanced else []
                     cell = transferlab_run([*base(root, size, seed, args.epochs), *PRESETS[arm], *extra], folder)
                 record(size, name, cell)
-                shown = {k: round(statistics.median(v), 1) if k == "train_epoch_s" else round(v, 4) for k, v in cell.items()}
+                shown = {
+                    k: round(statistics.median(v), 1) if k == "train_epoch_s" else round(v, 4) for k, v in cell.items()
+                }
                 print(f"{size:4s} {name:22s} seed {seed}: {shown}  ({time.perf_counter() - start:.0f} s)", flush=True)
         smaller = size
 
@@ -324,7 +328,9 @@ def goals(results: dict) -> None:
     mean = statistics.mean
     for size, rows in test.items():
         if "frozen" in rows and "sklearn probe" in rows:
-            print(f"(a) {size}: exact probe {mean(rows['frozen']):.4f} vs scikit-learn {mean(rows['sklearn probe']):.4f}")
+            print(
+                f"(a) {size}: exact probe {mean(rows['frozen']):.4f} vs scikit-learn {mean(rows['sklearn probe']):.4f}"
+            )
         presets = [a for a in PRESETS if a in val.get(size, {})]
         if not presets:
             continue

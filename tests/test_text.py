@@ -338,6 +338,21 @@ def test_text_runs_sweep_and_train_under_ddp(tiny_bert, tmp_path):
     assert read_summary(tmp_path / "ddp")["status"] == "completed"
 
 
+@pytest.mark.slow  # compiling a BERT on the CPU: about a minute
+def test_torch_compile_trains_a_text_backbone_as_gradual_unfreezes_it(tiny_bert, tmp_path):
+    """Batches of every length (padded to their longest) recompile once with dynamic shapes, then run."""
+    from transformers import BertModel
+
+    summary = train(compose_config(*_text_run(tiny_bert, tmp_path / "texts"), "schedule=gradual",
+                                   "trainer.max_epochs=3", "trainer.compile=true", f"paths.output_dir={tmp_path}/run"))  # fmt: skip
+    assert completed(summary)
+    assert [p["freeze_depth"] for p in summary["phases"]] == [3, 2, 1]  # groups unfreeze from the head down
+    trained = torch.load(summary["checkpoints"]["last"], weights_only=False)["state_dict"]
+    initial = BertModel.from_pretrained(tiny_bert).state_dict()
+    for name, changed in [("embeddings.word_embeddings.weight", False), ("encoder.layer.0.output.dense.weight", True)]:
+        assert torch.equal(trained[f"backbone.transformer.{name}"], initial[name]) != changed, name
+
+
 @pytest.mark.parametrize("method", ["dann", "mcc"])
 def test_domain_adaptation_from_texts_to_texts(tiny_bert, tmp_path, method):
     """The target: the same topics in other words (upper case, shuffled), labelled (the labels only score)."""
@@ -350,6 +365,42 @@ def test_domain_adaptation_from_texts_to_texts(tiny_bert, tmp_path, method):
     assert completed(summary)
     assert summary["target"]["labelled"] and summary["target"]["split_sizes"]["val"] == 20
     assert "target/acc" in summary["final"]
+
+
+@pytest.mark.parametrize("form", ["table", "lines", "folder"])
+def test_domain_adaptation_to_unlabelled_texts(tiny_bert, tmp_path, form):
+    """A table without the label column, a .txt file (a text a line) or a folder of .txt files: unlabelled."""
+    base = _text_run(tiny_bert, tmp_path / "texts")
+    target = [t.upper() for t, _ in _texts(30, seed=8)]
+    if form == "table":
+        root = tmp_path / "target.jsonl"
+        root.write_text("".join(json.dumps({"text": t}) + "\n" for t in target))
+    elif form == "lines":
+        root = tmp_path / "target.txt"
+        root.write_text("\n".join(target) + "\n\n")
+    else:
+        root = tmp_path / "target"
+        root.mkdir()
+        for i, text in enumerate(target):
+            (root / f"{i:03d}.txt").write_text(text)
+    summary = train(compose_config(*base, "adapt=dann", f"data.target.root={root}", "trainer.max_epochs=2",
+                                   f"paths.output_dir={tmp_path}/run"))  # fmt: skip
+    assert completed(summary)
+    assert summary["target"] == {
+        "root": str(root),
+        "labelled": False,
+        "split_sizes": {"train": 30, "val": 0, "test": 0},
+    }
+    assert "target/acc" not in summary["final"] and summary["final"]["train/loss"] > 0
+
+
+def test_an_unlabelled_text_target_without_its_text_column_is_one_line(tiny_bert, tmp_path):
+    base = _text_run(tiny_bert, tmp_path / "texts")
+    (tmp_path / "target.csv").write_text("body\nsome text\n")
+    message = "data.text_column=text: not a column of every row of target.csv; name its text column"
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        train(compose_config(*base, "adapt=dann", f"data.target.root={tmp_path}/target.csv",
+                             f"paths.output_dir={tmp_path}/run"))  # fmt: skip
 
 
 def test_rows_of_one_group_stay_in_one_split(tiny_bert, tmp_path):

@@ -58,11 +58,9 @@ class TargetData(pl.LightningDataModule):
         if kind in DIGIT_SOURCES:
             split, names = DIGIT_SOURCES[kind](check_digit_classes(self.source.classes), self.source.photos)
             raw, shown = {"all": split}, f"data.target.source={kind}"
-        elif self.source.source == "text":  # texts in data.root's layouts, labelled (the labels only score)
+        elif self.source.source == "text":
             source = self.source
-            raw, names = texts.scan_texts(
-                self.root, source.text_column, source.label_column, source.bad_rows, None, "data.target.root"
-            )
+            raw, names = texts.scan_target(self.root, source.text_column, source.label_column, source.bad_rows)
             shown = f"data.target.root={self.root}"
         else:
             raw, names = sources.scan_target(self.root)

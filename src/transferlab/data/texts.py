@@ -219,12 +219,44 @@ def _report(bad: list[str], policy: str, root: str, listing_dir: Path | None, op
     )
 
 
-def read_inputs(path: str, text_column: str) -> tuple[list[str], list[str]]:
-    """What predict labels, in the input's order, with a name for each: a table's rows (``text_column``), a
-    ``.txt`` file's non-empty lines, or a folder's ``.txt`` files (sorted, a text each). Undecodable bytes are
-    replaced, an empty text kept: every input gets its row."""
+def scan_target(
+    root: str, text_column: str, label_column: str, bad_rows: str
+) -> tuple[dict[str, Split], list[str] | None]:
+    """``data.target.root`` of texts: data.root's layouts (labelled: the labels only score), or unlabelled texts: a
+    table without data.label_column, a ``.txt`` file (a text a line) or ``.txt`` files directly in a folder (one
+    split ``all``, labels -1, and ``None`` for the class names)."""
+    path = Path(root).expanduser()
+    if path.is_file():
+        unlabelled = path.suffix.lower() == ".txt" or label_column not in _columns(path)
+    else:
+        unlabelled = path.is_dir() and any(p.suffix.lower() == ".txt" for p in path.iterdir() if p.is_file())
+    if not unlabelled:
+        return scan_texts(root, text_column, label_column, bad_rows, None, "data.target.root")
+    _, found = read_inputs(root, text_column, "data.target.root", "data.text_column")
+    return {"all": Split(found, np.full(len(found), -1, dtype=np.int64))}, None
+
+
+def _columns(file: Path) -> set[str]:
+    """The column names of a table file (a JSON-lines file's first object's keys)."""
+    with open(file, encoding="utf-8", errors="replace", newline="") as f:
+        if file.suffix.lower() != ".jsonl":
+            return set(next(csv.reader(f, delimiter="\t" if file.suffix.lower() == ".tsv" else ","), []))
+        try:
+            first = json.loads(next((line for line in f if line.strip()), "{}"))
+        except ValueError:
+            return set()  # read_inputs says which line is not JSON
+        return set(first) if isinstance(first, dict) else set()
+
+
+def read_inputs(
+    path: str, text_column: str, option: str = "input", column_option: str = "text_column"
+) -> tuple[list[str], list[str]]:
+    """What predict labels (or a target of unlabelled texts), in the input's order, with a name for each: a table's
+    rows (``text_column``), a ``.txt`` file's non-empty lines, or a folder's ``.txt`` files (sorted, a text each).
+    Undecodable bytes are replaced, an empty text kept: every input gets its row. ``option``, ``column_option``:
+    the options' names in messages."""
     source = Path(path).expanduser()
-    option = f"input={path}"
+    option = f"{option}={path}"
     if source.is_dir():
         files = sorted(source.rglob("*.txt"))
         if not files:
@@ -249,6 +281,6 @@ def read_inputs(path: str, text_column: str) -> tuple[list[str], list[str]]:
             records = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
     if not records or not all(isinstance(r, dict) and text_column in r for r in records):
         raise ConfigError(
-            f"text_column={text_column}: not a column of every row of {source.name}; name its text column"
+            f"{column_option}={text_column}: not a column of every row of {source.name}; name its text column"
         )
     return [str(i) for i in range(1, len(records) + 1)], [str(r[text_column] or "").strip() for r in records]
