@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from helpers import TINY, compose_config
 
@@ -45,3 +46,26 @@ def trained_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     train(compose_config(*TINY, "backbone.name=test_convnext", "trainer.max_epochs=2", f"paths.output_dir={run_dir}"))
     return run_dir
+
+
+def _write(folder: Path, split, class_names=None):
+    """Write a Split's arrays as PNG files: in class folders, or flat when ``class_names`` is None."""
+    for i, (item, label) in enumerate(zip(split.items, split.labels)):
+        where = folder / class_names[label] if class_names else folder
+        where.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(item).save(where / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="session")
+def domain_folders(tmp_path_factory):
+    """digits 0-2 as a labelled source folder; digits-M 0-2 labelled and flat (unlabelled)."""
+    root = tmp_path_factory.mktemp("domains")
+    from transferlab.data.digits import load_digits, load_digits_m
+
+    source, names = load_digits([0, 1, 2])
+    target, _ = load_digits_m([0, 1, 2])
+    _write(root / "digits", source, names)
+    _write(root / "digits_m", target, names)
+    flat = target.subset(range(0, len(target), 3))
+    _write(root / "unlabelled", flat)
+    return root

@@ -18,6 +18,7 @@ from transferlab.data.target import TargetData
 from transferlab.errors import ConfigError
 from transferlab.module import load_module
 from transferlab.train import train
+from transferlab.validators import DIRECTIONS
 
 from helpers import TINY, completed, run_cli
 
@@ -94,27 +95,6 @@ def test_target_order_is_not_the_sources():
     assert list(target) != drawn
 
 
-def _write(folder: Path, split, class_names=None):
-    """Write a Split's arrays as PNG files: in class folders, or flat when ``class_names`` is None."""
-    for i, (item, label) in enumerate(zip(split.items, split.labels)):
-        where = folder / class_names[label] if class_names else folder
-        where.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(item).save(where / f"{i:04d}.png")
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    """digits 0-2 as a labelled source folder; digits-M 0-2 labelled and flat (unlabelled)."""
-    root = tmp_path_factory.mktemp("domains")
-    source, names = load_digits([0, 1, 2])
-    target, _ = load_digits_m([0, 1, 2])
-    _write(root / "digits", source, names)
-    _write(root / "digits_m", target, names)
-    flat = target.subset(range(0, len(target), 3))
-    _write(root / "unlabelled", flat)
-    return root
-
-
 @pytest.mark.slow
 def test_each_method_trains_on_digits_m_in_a_sweep_and_the_report_shows_target_accuracy(tmp_path):
     sweep = tmp_path / "sweep"
@@ -153,36 +133,36 @@ def test_each_method_trains_on_digits_m_in_a_sweep_and_the_report_shows_target_a
     assert "target/acc" in (sweep / "report.md").read_text()
 
 
-def _folder_run(make_cfg, folders: Path, target: str, *overrides: str) -> dict:
+def _folder_run(make_cfg, domain_folders: Path, target: str, *overrides: str) -> dict:
     """A run from the digits folder to the ``target`` folder."""
-    source, target_root = folders / "digits", folders / target
+    source, target_root = domain_folders / "digits", domain_folders / target
     folder = ["data=folder", "data.classes=null", f"data.root={source}", f"data.target.root={target_root}"]
     folder.append("data.augment=none")
     return train(make_cfg(*folder, *overrides))
 
 
 @pytest.mark.parametrize("method", ["dann", "cdan"])
-def test_two_folders_labelled_target_and_selection_on_target_labels(make_cfg, folders, method):
+def test_two_folders_labelled_target_and_selection_on_target_labels(make_cfg, domain_folders, method):
     summary = _folder_run(
-        make_cfg, folders, "digits_m", "data.test_fraction=0.2", f"adapt={method}", "monitor=target/acc"
+        make_cfg, domain_folders, "digits_m", "data.test_fraction=0.2", f"adapt={method}", "monitor=target/acc"
     )
     assert completed(summary)
     assert summary["model_selection"] == {"monitor": "target/acc", "on_target_labels": True}
-    assert summary["target"]["labelled"] and summary["target"]["root"] == str(folders / "digits_m")
+    assert summary["target"]["labelled"] and summary["target"]["root"] == str(domain_folders / "digits_m")
     assert "target/acc" in summary["test"] and summary["best"]["target/acc"] == summary["final"]["target/acc"]
 
 
 @pytest.mark.parametrize("method", ["mcc", "dann_mcc"])
-def test_flat_unlabelled_target_trains_without_target_scores(make_cfg, folders, method):
-    summary = _folder_run(make_cfg, folders, "unlabelled", f"adapt={method}")
+def test_flat_unlabelled_target_trains_without_target_scores(make_cfg, domain_folders, method):
+    summary = _folder_run(make_cfg, domain_folders, "unlabelled", f"adapt={method}")
     assert summary["adaptation"]["methods"] == method.split("_")
-    images = len(list((folders / "unlabelled").iterdir()))
+    images = len(list((domain_folders / "unlabelled").iterdir()))
     assert summary["target"] == {
-        "root": str(folders / "unlabelled"),
+        "root": str(domain_folders / "unlabelled"),
         "labelled": False,
-        "split_sizes": {"train": images, "val": 0, "test": 0},
+        "split_sizes": {"train": images, "val": images, "test": 0},  # val: the same images, for the validators
     }
-    assert not any(k.startswith("target/") for k in summary["final"])
+    assert {k for k in summary["final"] if k.startswith("target/")} == set(DIRECTIONS)  # no labels to score
 
 
 def test_frozen_backbone_adapts_the_heads_hidden_layer_from_cached_features(make_cfg):
@@ -277,9 +257,9 @@ def test_target_folder_errors_are_one_line(make_cfg, tmp_path):
     assert "Traceback" not in result.stderr and sum(line.startswith("error") for line in lines) == 1
 
 
-def test_target_datamodule_splits_a_labelled_folder_like_the_source(folders):
-    module = ClassificationDataModule(source="folder", root=str(folders / "digits"), test_fraction=0.2)
-    target_data = TargetData(module, {"root": str(folders / "digits_m")})
+def test_target_datamodule_splits_a_labelled_folder_like_the_source(domain_folders):
+    module = ClassificationDataModule(source="folder", root=str(domain_folders / "digits"), test_fraction=0.2)
+    target_data = TargetData(module, {"root": str(domain_folders / "digits_m")})
     assert target_data.summary()["split_sizes"] == module.split_sizes() and target_data.labelled
     source = module.datasets["test"].items
     target = target_data.datasets["target_test"].items

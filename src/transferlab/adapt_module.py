@@ -12,6 +12,7 @@ from transferlab.batches import FeatureBatch
 from transferlab.errors import ConfigError
 from transferlab.module import TransferModule
 from transferlab.optim import ParamGroup
+from transferlab.validators import DIRECTIONS, TargetValidators
 
 
 class DomainAdaptationModule(TransferModule):
@@ -20,7 +21,9 @@ class DomainAdaptationModule(TransferModule):
     With ``adaptation``, training batches come as ``{"source": batch, "target": batch}``: both domains pass the
     backbone as one batch (so BatchNorm normalises with statistics of both), the source rows give the
     classification loss and ``adaptation`` adds its loss on what the head's classifier reads (``head.hidden``'s
-    output). With ``score_target``, the second val/test loader is a labelled target, logged as ``target/...``.
+    output). The second val loader is the target's: its predictions give the validators that need no labels
+    (:mod:`transferlab.validators`, ``target/entropy``, ...); with ``score_target`` (a labelled target) they are
+    also scored against its labels, as the second test loader is, logged as ``target/acc``, ...
     """
 
     def __init__(
@@ -28,6 +31,7 @@ class DomainAdaptationModule(TransferModule):
     ):
         super().__init__(*args, **kwargs)
         self.adaptation, self.score_target = adaptation, bool(score_target)
+        self.target_validators = TargetValidators()
         if score_target:  # logged under target/ in validation and in testing alike
             self.target_val_metrics = self.val_metrics.clone(prefix="target/")
             self.target_test_metrics = self.val_metrics.clone(prefix="target/")
@@ -54,7 +58,17 @@ class DomainAdaptationModule(TransferModule):
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         if dataloader_idx == 0:
             return super().validation_step(batch, batch_idx)
-        self.score(self.logits(batch), batch.target, self.target_val_metrics, "target")
+        logits = self.logits(batch)
+        if self.score_target:
+            _, probs = self.score(logits, batch.target, self.target_val_metrics, "target")
+        else:
+            probs = self.probabilities(logits)
+        self.target_validators.update(probs)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.target_validators.update_called:  # every rank's predictions, gathered by the metric
+            self.log_dict(self.target_validators.compute(), sync_dist=True)  # equal on every rank: no warning
+            self.target_validators.reset()
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         if dataloader_idx == 0:
@@ -67,7 +81,7 @@ class DomainAdaptationModule(TransferModule):
         return [*super().param_groups(), *extra]
 
     def metric_names(self, stages=("train", "val")) -> list[str]:
-        return super().metric_names((*stages, "target") if self.score_target else stages)
+        return [*super().metric_names((*stages, "target") if self.score_target else stages), *DIRECTIONS]
 
 
 def build_adaptation(

@@ -63,6 +63,14 @@ def validate(cfg: DictConfig) -> None:
 
     if cfg.get("monitor_mode") not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.get('monitor_mode')}: use min or max")
+    from transferlab.validators import DIRECTIONS
+
+    better = DIRECTIONS.get(cfg.get("monitor"))
+    if better and cfg.monitor_mode != better:
+        raise ConfigError(
+            f"monitor_mode={cfg.monitor_mode}: {cfg.monitor} is better {'lower' if better == 'min' else 'higher'}; "
+            f"set monitor_mode={better}"
+        )
 
     from transferlab.module import check_class_weights
 

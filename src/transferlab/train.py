@@ -173,7 +173,7 @@ def _summary(cfg, run_dir: Path, trainer, parts: dict[str, Any], rows: list[dict
         "class_weights": module.metadata.get("class_weights"),
         "inputs": module.inputs.state(),
         "split_sizes": source.split_sizes(),
-        "model_selection": {"monitor": cfg.monitor, "on_target_labels": cfg.monitor.startswith("target/")},
+        "model_selection": {"monitor": cfg.monitor, "on_target_labels": _on_target_labels(cfg.monitor)},
         "layer_groups": [g.name for g in module.layer_groups],
         "epochs": len(rows),
         "final": rows[-1] if rows else {},
@@ -223,6 +223,13 @@ def _wanted(callback, loggers: list, tty: bool) -> bool:
     if isinstance(callback, ProgressBar):
         return tty
     return not (isinstance(callback, LearningRateMonitor) and not loggers)
+
+
+def _on_target_labels(monitor: str) -> bool:
+    """Whether choosing by ``monitor`` reads the target's labels (target/acc does; the validators do not)."""
+    from transferlab.validators import DIRECTIONS
+
+    return monitor.startswith("target/") and monitor not in DIRECTIONS
 
 
 def _best_row(history: list[dict], monitor: str, mode: str) -> dict | None:

@@ -35,9 +35,10 @@ def split_options(options: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[s
 class TargetData(pl.LightningDataModule):
     """``source``'s data plus a target domain: ``{"root": PATH}`` (class folders like the source's: labelled,
     the labels only score; or flat: unlabelled) or ``{"source": "digits_m"}``, split like the source
-    (``target_train``, ``target_val``, ``target_test``; unlabelled images are all ``target_train``).
+    (``target_train``, ``target_val``, ``target_test``; unlabelled examples are all ``target_train``, and
+    ``target_val`` without augmentation, which the validators score).
 
-    A labelled target's val and test splits are served beside the source's (dataloader_idx 1); with
+    The target's val split (and a labelled target's test split) is served beside the source's (dataloader_idx 1); with
     ``adaptation_batches`` every training batch is ``{"source": batch, "target": batch}``, with as many target
     examples as source ones, drawn by a shuffle of their own (CycleShuffle).
     """
@@ -79,7 +80,8 @@ class TargetData(pl.LightningDataModule):
             return
         images = self.root is not None and self.source.source != "text"  # image files to screen
         raw = self.source.readable(self._raw, "data.target.root", self.root, images, "target_")
-        splits = self.source.make_splits(raw) if self.labelled else {"train": raw["all"]}
+        # An unlabelled target's val is its own examples without augmentation: what the validators score.
+        splits = self.source.make_splits(raw) if self.labelled else {"train": raw["all"], "val": raw["all"]}
         self._datasets = self.source.labelled({f"target_{name}": split for name, split in splits.items()})
 
     @property
