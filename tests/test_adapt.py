@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from transferlab.adapt import DomainAdaptation, class_confusion, ramp, reverse_gradient
+from transferlab.adapt import DomainAdaptation, class_confusion, ramp, reverse_gradient, statistics_of
 from transferlab.data import ClassificationDataModule
 from transferlab.data.digits import load_digits, load_digits_m
 from transferlab.data.sampling import CycleShuffle, EpochShuffle
@@ -66,7 +66,9 @@ def test_mcc_is_low_for_confident_distinct_predictions_and_high_for_confusion():
 
 def test_an_adapter_that_adapts_nothing_is_refused():
     with pytest.raises(ConfigError, match=r"^adapt: adapts nothing"):
-        DomainAdaptation(8, 3, adversarial=None, mcc_weight=0.0)
+        DomainAdaptation(8, 3, adversarial=None, mcc_weight=0.0, target_in_batchnorm=False)
+    with pytest.raises(ConfigError, match=r"^adapt.target_in_batchnorm=false: the adaptation losses need target"):
+        DomainAdaptation(8, 3, adversarial="dann", target_in_batchnorm=False)
     with pytest.raises(ConfigError, match=r"^adapt.adversarial=gan: unknown"):
         DomainAdaptation(8, 3, adversarial="gan")
 
@@ -284,3 +286,48 @@ def test_wandb_gets_target_and_adaptation_metrics(tmp_path):
     assert {"target/acc", "adapt/lambda_epoch", "lr-AdamW/discriminator"} <= records["history_keys"]
     summary = json.loads((run / "summary.json").read_text())
     assert records["summary"]["target/acc"] == pytest.approx(summary["test"]["target/acc"])
+
+
+def test_batchnorm_statistics_of_other_batches_hold_within_and_are_restored_after():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    model[0].weight.data = torch.eye(4, 3).view(4, 3, 1, 1)
+    model[0].bias.data.zero_()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [torch.randn(5, 3, 6, 6) * 2 + 3 for _ in range(3)]
+    with statistics_of(model, batches, model):
+        mean = torch.cat(batches).mean((0, 2, 3))
+        assert torch.allclose(model[1].running_mean[:3], mean, atol=1e-5)  # the mean over every batch
+        assert not model[1].training and model[1].momentum is None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model[1].momentum == 0.1 and not model[1].training
+
+
+def test_adabn_trains_as_source_only_and_scores_the_target_with_its_own_statistics(make_cfg):
+    plain = train(make_cfg(*DA, "adapt=none", "trainer.max_epochs=2", run="plain"))
+    adabn = train(make_cfg(*DA, "adapt=adabn", "trainer.max_epochs=2", run="adabn"))
+    assert completed(adabn) and adabn["adaptation"]["methods"] == ["adabn"]
+    # The same source training (no target image in its batches), weights and statistics (the target's are used
+    # while scoring it, then restored) ...
+    weights = [torch.load(r["checkpoints"]["last"], weights_only=True)["state_dict"] for r in (plain, adabn)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert adabn["final"]["val/acc"] == plain["final"]["val/acc"]
+    # ... and another score on the target: the shift here is colour and texture, which BatchNorm statistics absorb.
+    assert adabn["final"]["target/acc"] != plain["final"]["target/acc"]
+
+
+def test_mixed_bn_puts_target_images_in_the_batches_without_a_loss(make_cfg):
+    summary = train(make_cfg(*DA, "adapt=mixed_bn"))
+    assert completed(summary) and summary["adaptation"]["methods"] == ["mixed_bn"]
+    assert summary["final"]["adapt/loss"] == 0 and "adapt/domain_loss" not in summary["final"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["schedule=frozen", "schedule.probe=sgd"], "the schedule freezes the whole backbone"),
+        (["backbone.name=test_convnext"], "the backbone has no BatchNorm layer"),
+    ],
+)
+def test_adabn_without_a_batchnorm_that_runs_is_one_line(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=f"^adapt.target_statistics=true: {message}"):
+        train(make_cfg(*DA, "adapt=adabn", *overrides))

@@ -5,11 +5,18 @@ reversal layer makes the features fool it. CDAN (Long et al. 2018): the discrimi
 conditioned on the class predictions (their outer product), each example weighted by its prediction's certainty.
 MCC (Jin et al. 2020): no extra network; it penalises confusion between classes in the target predictions.
 DANN or CDAN can be combined with MCC. The losses follow thuml's Transfer-Learning-Library.
+
+BatchNorm, apart from any loss: with ``target_in_batchnorm`` the target images share every training batch, so the
+backbone's BatchNorm normalises with statistics of both domains (every method above does; with no loss, it is the
+control that tells what alignment adds beyond re-normalisation); with ``target_statistics`` (AdaBN, Li et al. 2016)
+the target is scored with BatchNorm statistics re-estimated on its own training images.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -49,8 +56,21 @@ def check_options(options: dict[str, Any]) -> None:
     hidden = options.get("discriminator_hidden", 1024)
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
         raise ConfigError(f"adapt.discriminator_hidden={hidden}: use a whole number >= 1, e.g. 1024")
-    if adversarial is None and not options.get("mcc_weight"):
-        raise ConfigError("adapt: adapts nothing (adversarial=null, mcc_weight=0); use adapt=dann, cdan or mcc")
+    mixed, statistics = options.get("target_in_batchnorm", True), options.get("target_statistics", False)
+    for option, value in (("target_in_batchnorm", mixed), ("target_statistics", statistics)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"adapt.{option}={value}: use true or false")
+    losses = adversarial is not None or bool(options.get("mcc_weight"))
+    if losses and not mixed:
+        raise ConfigError(
+            "adapt.target_in_batchnorm=false: the adaptation losses need target images in the training batches; "
+            "set it true, or use adapt=adabn (no loss)"
+        )
+    if not (losses or mixed or statistics):
+        raise ConfigError(
+            "adapt: adapts nothing (adversarial=null, mcc_weight=0, target_in_batchnorm=false, "
+            "target_statistics=false); use adapt=dann, cdan, mcc, adabn or mixed_bn"
+        )
 
 
 def ramp(progress: float) -> float:
@@ -193,9 +213,12 @@ class DomainAdaptation(nn.Module):
         temperature: float = 2.5,
         discriminator_hidden: int = 1024,
         discriminator_lr_mult: float = 1.0,
+        target_in_batchnorm: bool = True,
+        target_statistics: bool = False,
     ):
         super().__init__()
         check_options({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.target_in_batchnorm, self.target_statistics = target_in_batchnorm, target_statistics
         self.adversarial_method, self.adversarial_weight = adversarial, float(adversarial_weight)
         self.mcc_weight = float(mcc_weight)
         self.discriminator_lr_mult = float(discriminator_lr_mult)
@@ -208,7 +231,10 @@ class DomainAdaptation(nn.Module):
 
     @property
     def methods(self) -> list[str]:
-        return [m for m in (self.adversarial_method, "mcc" if self.mcc is not None else None) if m]
+        losses = [m for m in (self.adversarial_method, "mcc" if self.mcc is not None else None) if m]
+        if self.target_statistics:
+            losses.append("adabn")
+        return losses or ["mixed_bn"]
 
     def param_groups(self) -> list[ParamGroup]:
         """The discriminator's optimizer groups (none without one), biases and norm weights without weight decay."""
@@ -236,3 +262,34 @@ class DomainAdaptation(nn.Module):
             loss = loss + self.mcc_weight * mcc
             logs["adapt/mcc"] = mcc.detach()
         return loss, logs
+
+
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def statistics_of(model: nn.Module, batches: Iterable[Any], encode: Callable[[Any], Any]) -> Iterator[None]:
+    """Within: ``model``'s BatchNorm running statistics are those of ``batches`` (AdaBN), estimated by ``encode``
+    over them in train mode with a cumulative average, without gradients; the layers' statistics, momentum and
+    modes are restored after."""
+    layers = batchnorms(model)
+    saved = [(m.training, m.momentum, {k: v.clone() for k, v in m.named_buffers()}) for m in layers]
+    try:
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # the mean over every batch, not a running one
+            m.train()
+        with torch.no_grad():
+            for inputs in batches:
+                encode(inputs)
+        for m, (training, _, _) in zip(layers, saved):
+            m.train(training)
+        yield
+    finally:
+        for m, (training, momentum, buffers) in zip(layers, saved):
+            m.train(training)
+            m.momentum = momentum
+            for name, value in buffers.items():
+                getattr(m, name).copy_(value)

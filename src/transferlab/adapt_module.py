@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
-from transferlab.adapt import DomainAdaptation
+from transferlab.adapt import DomainAdaptation, batchnorms, statistics_of
 from transferlab.batches import FeatureBatch
 from transferlab.errors import ConfigError
 from transferlab.module import TransferModule
@@ -24,20 +25,29 @@ class DomainAdaptationModule(TransferModule):
     output). The second val loader is the target's: its predictions give the validators that need no labels
     (:mod:`transferlab.validators`, ``target/entropy``, ...); with ``score_target`` (a labelled target) they are
     also scored against its labels, as the second test loader is, logged as ``target/acc``, ...
+    With ``target_batches`` (AdaBN: ``adapt.target_statistics``), the target's val and test passes run with
+    BatchNorm statistics estimated on those batches (the target's training images, without augmentation).
     """
 
     def __init__(
-        self, *args: Any, adaptation: DomainAdaptation | None = None, score_target: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        adaptation: DomainAdaptation | None = None,
+        score_target: bool = False,
+        target_batches: Callable[[], Iterable] | None = None,
+        **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.adaptation, self.score_target = adaptation, bool(score_target)
+        self.target_batches = target_batches
+        self._statistics: contextlib.ExitStack | None = None
         self.target_validators = TargetValidators()
         if score_target:  # logged under target/ in validation and in testing alike
             self.target_val_metrics = self.val_metrics.clone(prefix="target/")
             self.target_test_metrics = self.val_metrics.clone(prefix="target/")
 
     def training_step(self, batch, batch_idx):
-        if self.adaptation is None:  # a target to score only: training sees the source alone
+        if not isinstance(batch, dict):  # a target to score only (or AdaBN): training sees the source alone
             return super().training_step(batch, batch_idx)
         source, target = batch["source"], batch["target"]
         num_source = len(source.target)
@@ -66,9 +76,38 @@ class DomainAdaptationModule(TransferModule):
         self.target_validators.update(probs)
 
     def on_validation_epoch_end(self) -> None:
+        self._source_statistics()
         if self.target_validators.update_called:  # every rank's predictions, gathered by the metric
             self.log_dict(self.target_validators.compute(), sync_dist=True)  # equal on every rank: no warning
             self.target_validators.reset()
+
+    # AdaBN: the target's loader (dataloader_idx 1) runs after the source's, with the target's statistics.
+    def on_validation_batch_start(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 1:
+            self._target_statistics()
+
+    def on_test_batch_start(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 1:
+            self._target_statistics()
+
+    def on_test_epoch_end(self) -> None:
+        self._source_statistics()
+
+    def _target_statistics(self) -> None:
+        if self.target_batches is None or self._statistics is not None:
+            return
+        from pytorch_lightning.utilities import move_data_to_device
+
+        self._statistics = contextlib.ExitStack()
+        # A batch of one has no batch statistics to give (BatchNorm refuses it in train mode), as in training.
+        batches = (b for b in self.target_batches() if len(b.target) > 1)
+        inputs = (move_data_to_device(batch.inputs, self.device) for batch in batches)
+        self._statistics.enter_context(statistics_of(self.backbone, inputs, self.encode))
+
+    def _source_statistics(self) -> None:
+        if self._statistics is not None:
+            self._statistics.close()
+            self._statistics = None
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         if dataloader_idx == 0:
@@ -85,18 +124,37 @@ class DomainAdaptationModule(TransferModule):
 
 
 def build_adaptation(
-    factory: Callable[..., DomainAdaptation] | None, schedule, phases, head, num_classes: int, max_epochs: int
+    factory: Callable[..., DomainAdaptation] | None,
+    schedule,
+    phases,
+    backbone: torch.nn.Module,
+    head,
+    num_classes: int,
+    max_epochs: int,
 ) -> DomainAdaptation | None:
     """``factory`` (the ``adapt`` group's partial DomainAdaptation) on what the head's classifier reads; None
     without one. An adapter with nothing it can move is a ConfigError: adversarial methods adapt the features (a
-    trained backbone or the head's hidden layer), MCC the classifier too."""
+    trained backbone or the head's hidden layer), MCC the classifier too, adabn and mixed_bn the backbone's
+    BatchNorm statistics (a backbone that runs, with BatchNorm layers)."""
     if factory is None:
         return None
     adaptation = factory(in_features=head.fc.in_features, num_classes=num_classes)
     epochs = range(int(max_epochs))
-    features_train = any(not phases.backbone_frozen(e) for e in epochs) or any(
-        p.requires_grad for p in head.hidden.parameters()
-    )
+    backbone_trains = any(not phases.backbone_frozen(e) for e in epochs)
+    if adaptation.adversarial is None and adaptation.mcc is None:  # BatchNorm alone: adabn, mixed_bn
+        option = "adapt.target_statistics=true" if adaptation.target_statistics else "adapt.target_in_batchnorm=true"
+        if not batchnorms(backbone):
+            raise ConfigError(
+                f"{option}: the backbone has no BatchNorm layer, and this adapts BatchNorm statistics only; "
+                "use adapt=dann or adapt=mcc"
+            )
+        if not backbone_trains:
+            raise ConfigError(
+                f"{option}: the schedule freezes the whole backbone, so its cached features stand in for the "
+                "images and no BatchNorm layer runs; use a schedule that trains the backbone (e.g. schedule=full)"
+            )
+        return adaptation
+    features_train = backbone_trains or any(p.requires_grad for p in head.hidden.parameters())
     classifier_trains = features_train or any(p.probe != "exact" for p in schedule.phases)
     if adaptation.adversarial is not None and not features_train:
         option, why = f"adapt.adversarial={adaptation.adversarial_method}", ""

@@ -91,7 +91,9 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
     source = instantiate(options, inputs=backbone.inputs, features=serving)
     target = None
     if target_options is not None:
-        target = TargetData(source, target_options, adaptation_batches=bool(cfg.get("adapt")))
+        # Training batches carry target images for every method but AdaBN (target statistics at scoring only).
+        mixed = bool(cfg.get("adapt")) and cfg.adapt.get("target_in_batchnorm", True)
+        target = TargetData(source, target_options, adaptation_batches=mixed)
     head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=source.num_classes)
     weights = class_weights_for(cfg.get("class_weights"), source.datasets["train"].labels, source.class_names)
     module_options = dict(
@@ -109,10 +111,17 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
         module = TransferModule(backbone, head, **module_options)
     else:
         factory = instantiate(cfg.adapt) if cfg.get("adapt") else None
-        adaptation = build_adaptation(factory, schedule, phases, head, source.num_classes, cfg.trainer.max_epochs)
-        score_target = target.labelled
+        adaptation = build_adaptation(
+            factory, schedule, phases, backbone.model, head, source.num_classes, cfg.trainer.max_epochs
+        )
+        adabn = adaptation is not None and adaptation.target_statistics
         module = DomainAdaptationModule(
-            backbone, head, adaptation=adaptation, score_target=score_target, **module_options
+            backbone,
+            head,
+            adaptation=adaptation,
+            score_target=target.labelled,
+            target_batches=target.statistics_batches if adabn else None,
+            **module_options,
         )
     probe = exact_probe(schedule, phases, head, source, serving, cfg.seed, weights)
     parts = {"backbone": backbone, "phases": phases, "serving": serving, "source": source, "target": target}

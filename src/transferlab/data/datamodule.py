@@ -210,7 +210,10 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def eval_view(self, split: str) -> sources.LabeledImages:
         """``split`` with the eval transform (no augmentation): what the exact probe's features come from."""
-        dataset = self.datasets[split]
+        return self.without_augmentation(self.datasets[split])
+
+    def without_augmentation(self, dataset: Dataset) -> Dataset:
+        """The examples of one of this module's datasets with the eval transform."""
         return self._dataset(sources.Split(dataset.items, dataset.labels), self.inputs.transform("none", False))
 
     def _pin_memory(self) -> bool:

@@ -89,6 +89,12 @@ class TargetData(pl.LightningDataModule):
         self.setup()
         return self._datasets
 
+    def statistics_batches(self) -> DataLoader:
+        """The target's training examples without augmentation, in order: what AdaBN estimates BatchNorm
+        statistics on (the whole set on every DDP rank, so every rank estimates the same)."""
+        train = self.datasets["target_train"]
+        return self.source.eval_loader(self.source.without_augmentation(train))
+
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         source = self.source.train_dataloader()
         if not self.adaptation_batches:
