@@ -198,17 +198,20 @@ def markdown(results: dict[str, dict[str, list[float]]], names: list[str], row_t
     settings_ = list(results)
     lines = [f"| {row_title} | " + " | ".join(settings_) + " |", "|---|" + "---|" * len(settings_)]
     for name in names:
-        cells = [
-            f"{statistics.mean(results[s][name]):.3f} ± {statistics.pstdev(results[s][name]):.3f}"
-            if name in results[s]
-            else "-"
-            for s in settings_
-        ]
+        cells = [_cell(results[s][name]) if name in results[s] else "-" for s in settings_]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(results: dict[str, dict[str, list[float]]], path: Path, names: list[str], title: str) -> None:
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
+
+
+def plot(
+    results: dict[str, dict[str, list[float]]], path: Path, names: list[str], title: str, ylabel="target accuracy"
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,8 +229,8 @@ def plot(results: dict[str, dict[str, list[float]]], path: Path, names: list[str
             label=setting,
             capsize=2,
         )
-    ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(names))], names, rotation=20)
-    ax.set(ylabel="target accuracy", ylim=(0, 1), title=title)
+    ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(names))], names, rotation=25, ha="right")
+    ax.set(ylabel=ylabel, ylim=(0, 1), title=title)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -314,10 +314,18 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(results, indent=2) + "\n")
-    names = list(dict.fromkeys(n for rows in results["test"].values() for n in rows))
+    found = {n for rows in results["test"].values() for n in rows}
+    order = [a + b for a in ("tfidf", "sklearn probe", *PRESETS, "hf trainer") for b in ("", " +balanced")]
+    names = [n for n in order if n in found]
     table = markdown(results["test"], names, "arm")
     (args.out / "text.md").write_text(table + "\n")
-    plot(results["test"], args.out / "text.png", names, "debian_topics: test accuracy by labels per class")
+    plot(
+        results["test"],
+        args.out / "text.png",
+        names,
+        "debian_topics: test accuracy by labels per class",
+        "test accuracy",
+    )
     print(f"\n{table}\n\n{time.perf_counter() - start:.0f} s")
     goals(results)
 
