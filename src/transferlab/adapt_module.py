@@ -82,12 +82,13 @@ class DomainAdaptationModule(TransferModule):
             self.target_validators.reset()
 
     # AdaBN: the target's loader (dataloader_idx 1) runs after the source's, with the target's statistics.
+    # Cached features (epochs whose backbone is frozen) were computed once: no BatchNorm runs on them.
     def on_validation_batch_start(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
-        if dataloader_idx == 1:
+        if dataloader_idx == 1 and not isinstance(batch, FeatureBatch):
             self._target_statistics()
 
     def on_test_batch_start(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
-        if dataloader_idx == 1:
+        if dataloader_idx == 1 and not isinstance(batch, FeatureBatch):
             self._target_statistics()
 
     def on_test_epoch_end(self) -> None:
