@@ -19,7 +19,7 @@ REQUIRED = {
     "data/folder": ["data.root=/tmp"],
     "data/text": ["data.root=/tmp"],
     # Adaptation needs target images: the offline pair.
-    **{f"adapt/{method}": ["data=digits_m"] for method in ("dann", "cdan", "mcc", "dann_mcc")},
+    **{f"adapt/{p.stem}": ["data=digits_m"] for p in (CONF / "adapt").glob("*.yaml") if p.stem != "none"},
     # These read the digits_source run's checkpoint, which the quickstart makes first.
     "experiment/digits_finetune": ["backbone.weights=null"],
     "experiment/digits_frozen": ["backbone.weights=null"],
