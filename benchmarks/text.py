@@ -23,6 +23,7 @@ Completed runs under --out/text_runs are reused (resumable). Usage:
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 import statistics
@@ -70,17 +71,25 @@ def base(root: Path, size: str, seed: int, epochs: int) -> list[str]:
     ]
 
 
+@functools.cache
 def splits(root: Path, size: str, seed: int) -> dict[str, tuple[list[str], np.ndarray]]:
-    """The texts and labels a transferlab run of this size and seed trains, validates and tests on."""
+    """The texts and labels a transferlab run of this size and seed trains, validates and tests on (once per
+    size and seed: every arm reads the same)."""
     from transferlab.data.datamodule import ClassificationDataModule
-    from transferlab.text_backbones import create_hf_backbone
 
-    inputs = create_hf_backbone(path=str(minilm()), max_length=MAX_LENGTH, pretrained=False).inputs
     dm = ClassificationDataModule(
-        source="text", root=str(root), inputs=inputs, samples_per_class=SIZES[size], split_seed=seed
+        source="text", root=str(root), inputs=_inputs(), samples_per_class=SIZES[size], split_seed=seed
     )
     dm.setup()
     return {name: (list(d.items), np.asarray(d.labels)) for name, d in dm.datasets.items()}
+
+
+@functools.cache
+def _inputs():
+    """MiniLM's tokenizer and max length (the architecture built once, without its weights, to read them)."""
+    from transferlab.text_backbones import create_hf_backbone
+
+    return create_hf_backbone(path=str(minilm()), max_length=MAX_LENGTH, pretrained=False).inputs
 
 
 def pooled_features(root: Path, cache: Path) -> dict[str, np.ndarray]:

@@ -89,11 +89,6 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
     options, target_options, feature_cache = split_options(cfg.data)
     serving = FeatureServing(backbone, feature_cache, phases.backbone_frozen)
     source = instantiate(options, inputs=backbone.inputs, features=serving)
-    target = None
-    if target_options is not None:
-        # Training batches carry target images for every method but AdaBN (target statistics at scoring only).
-        mixed = bool(cfg.get("adapt")) and cfg.adapt.get("target_in_batchnorm", True)
-        target = TargetData(source, target_options, adaptation_batches=mixed)
     head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=source.num_classes)
     weights = class_weights_for(cfg.get("class_weights"), source.datasets["train"].labels, source.class_names)
     module_options = dict(
@@ -107,13 +102,17 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
         inputs=source.inputs,
         metadata={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "head", "data")},
     )
-    if target is None:
+    target = None
+    if target_options is None:
         module = TransferModule(backbone, head, **module_options)
     else:
         factory = instantiate(cfg.adapt) if cfg.get("adapt") else None
         adaptation = build_adaptation(
             factory, schedule, phases, backbone.model, head, source.num_classes, cfg.trainer.max_epochs
         )
+        # Training batches carry target images for every method but AdaBN (target statistics at scoring only).
+        mixed = adaptation is not None and adaptation.target_in_batchnorm
+        target = TargetData(source, target_options, adaptation_batches=mixed)
         adabn = adaptation is not None and adaptation.target_statistics
         module = DomainAdaptationModule(
             backbone,
