@@ -10,7 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from transferlab.adapt import DomainAdaptation, class_confusion, ramp, reverse_gradient, statistics_of
+from transferlab.adapt import (
+    DomainAdaptation,
+    class_confusion,
+    information_maximisation_loss,
+    ramp,
+    reverse_gradient,
+    statistics_of,
+)
 from transferlab.data import ClassificationDataModule
 from transferlab.data.digits import load_digits, load_digits_m
 from transferlab.data.sampling import CycleShuffle, EpochShuffle
@@ -331,3 +338,43 @@ def test_mixed_bn_puts_target_images_in_the_batches_without_a_loss(make_cfg):
 def test_adabn_without_a_batchnorm_that_runs_is_one_line(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=f"^adapt.target_statistics=true: {message}"):
         train(make_cfg(*DA, "adapt=adabn", *overrides))
+
+
+def test_information_maximisation_loss_is_lowest_for_confident_diverse_predictions():
+    confident_diverse = torch.eye(4).repeat(3, 1) * 30
+    one_class = torch.zeros(12, 4)
+    one_class[:, 0] = 30
+    uniform = torch.zeros(12, 4)
+    assert information_maximisation_loss(confident_diverse) == pytest.approx(-np.log(4), abs=1e-3)
+    assert information_maximisation_loss(one_class) == pytest.approx(0.0, abs=1e-3)  # confident, not diverse
+    assert information_maximisation_loss(uniform) == pytest.approx(0.0, abs=1e-3)  # diverse, not confident
+
+
+def test_shot_adapts_from_a_source_checkpoint_on_target_images_alone_with_the_classifier_fixed(make_cfg, tmp_path):
+    source = train(make_cfg(*DA, "head=mlp", "trainer.max_epochs=1", run="source"))
+    best = source["checkpoints"]["best"]
+    shot = train(
+        make_cfg(*DA, "head=mlp", "adapt=shot", f"adapt.source_ckpt={best}", "trainer.max_epochs=2", run="shot")
+    )
+    assert completed(shot) and shot["adaptation"]["methods"] == ["im", "source_free"]
+    assert shot["final"]["adapt/im_loss"] < 0 and "train/loss" not in shot["final"]  # no source loss
+    before = torch.load(best, weights_only=True)["state_dict"]
+    after = torch.load(shot["checkpoints"]["last"], weights_only=True)["state_dict"]
+    for key in before:  # the classifier stays the source's; the features moved
+        assert torch.equal(before[key], after[key]) == key.startswith("head.fc."), key
+    assert list(shot["adaptation"]["batch_size"]) == ["target"]  # source-free: no source batch
+
+
+def test_shot_errors_are_one_line(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"^adapt.source_ckpt=null: SHOT \(adapt.im_weight > 0\) adapts"):
+        DomainAdaptation(8, 3, adversarial=None, im_weight=1.0)
+    (tmp_path / "some.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"^adapt.source_ckpt=.*some.ckpt: a source-free run needs a target loss"):
+        DomainAdaptation(8, 3, adversarial=None, im_weight=0.0, source_ckpt=str(tmp_path / "some.ckpt"))
+    with pytest.raises(ConfigError, match=r"^adapt.source_ckpt=.*missing.ckpt: file not found"):
+        DomainAdaptation(8, 3, adversarial=None, im_weight=1.0, source_ckpt=str(tmp_path / "missing.ckpt"))
+    other = train(make_cfg(*DA, "head=linear", "trainer.max_epochs=1", run="linear_source"))
+    with pytest.raises(ConfigError, match=r"^adapt.source_ckpt=.*: a checkpoint of another model"):
+        train(make_cfg(*DA, "head=mlp", "adapt=shot", f"adapt.source_ckpt={other['checkpoints']['best']}"))
+    with pytest.raises(ConfigError, match=r"^adapt.adversarial=dann: a source-free run"):
+        DomainAdaptation(8, 3, adversarial="dann", source_ckpt=other["checkpoints"]["best"])

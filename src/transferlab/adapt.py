@@ -6,6 +6,10 @@ conditioned on the class predictions (their outer product), each example weighte
 MCC (Jin et al. 2020): no extra network; it penalises confusion between classes in the target predictions.
 DANN or CDAN can be combined with MCC. The losses follow thuml's Transfer-Learning-Library.
 
+Source-free (SHOT, Liang et al. 2020): from a trained source checkpoint (``source_ckpt``), training batches hold
+target images alone, the source classifier stays fixed and information maximisation (``im_weight``: confident and
+diverse target predictions) moves the features to it.
+
 BatchNorm, apart from any loss: with ``target_in_batchnorm`` the target images share every training batch, so the
 backbone's BatchNorm normalises with statistics of both domains (every method above does; with no loss, it is the
 control that tells what alignment adds beyond re-normalisation); with ``target_statistics`` (AdaBN, Li et al. 2016)
@@ -44,6 +48,7 @@ def check_options(options: dict[str, Any]) -> None:
         ("mcc_weight", 0.0, "1.0"),
         ("discriminator_lr_mult", 1.0, "1.0"),
         ("temperature", 2.5, "2.5"),
+        ("im_weight", 0.0, "1.0"),
     ):
         value = options.get(option, default)
         positive = option in ("discriminator_lr_mult", "temperature")
@@ -56,11 +61,33 @@ def check_options(options: dict[str, Any]) -> None:
     hidden = options.get("discriminator_hidden", 1024)
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
         raise ConfigError(f"adapt.discriminator_hidden={hidden}: use a whole number >= 1, e.g. 1024")
+    source_ckpt = options.get("source_ckpt")
+    if options.get("im_weight") and source_ckpt is None:  # SHOT's loss alone would collapse a model being taught
+        raise ConfigError(
+            "adapt.source_ckpt=null: SHOT (adapt.im_weight > 0) adapts a trained source model without its data; "
+            "set adapt.source_ckpt=<source run>/checkpoints/best.ckpt"
+        )
+    if source_ckpt is not None:
+        from transferlab.run_folder import checkpoint_file
+
+        checkpoint_file(
+            source_ckpt, "give a trained source run's checkpoint, e.g. <run>/checkpoints/best.ckpt", "adapt.source_ckpt"
+        )
+        if adversarial is not None:
+            raise ConfigError(
+                f"adapt.adversarial={adversarial}: a source-free run (adapt.source_ckpt) has no source images for a "
+                "discriminator to tell apart; use adapt=shot, or drop adapt.source_ckpt"
+            )
     mixed, statistics = options.get("target_in_batchnorm", True), options.get("target_statistics", False)
     for option, value in (("target_in_batchnorm", mixed), ("target_statistics", statistics)):
         if not isinstance(value, bool):
             raise ConfigError(f"adapt.{option}={value}: use true or false")
-    losses = adversarial is not None or bool(options.get("mcc_weight"))
+    losses = adversarial is not None or bool(options.get("mcc_weight")) or bool(options.get("im_weight"))
+    if source_ckpt is not None and not losses:
+        raise ConfigError(
+            f"adapt.source_ckpt={source_ckpt}: a source-free run needs a target loss; set adapt.im_weight=1.0 "
+            "(adapt=shot)"
+        )
     if losses and not mixed:
         raise ConfigError(
             "adapt.target_in_batchnorm=false: the adaptation losses need target images in the training batches; "
@@ -68,8 +95,8 @@ def check_options(options: dict[str, Any]) -> None:
         )
     if not (losses or mixed or statistics):
         raise ConfigError(
-            "adapt: adapts nothing (adversarial=null, mcc_weight=0, target_in_batchnorm=false, "
-            "target_statistics=false); use adapt=dann, cdan, mcc, adabn or mixed_bn"
+            "adapt: adapts nothing (adversarial=null, mcc_weight=0, im_weight=0, target_in_batchnorm=false, "
+            "target_statistics=false); use adapt=dann, cdan, mcc, shot, adabn or mixed_bn"
         )
 
 
@@ -193,10 +220,20 @@ class MinimumClassConfusionLoss(nn.Module):
         return class_confusion(target_logits, self.temperature)
 
 
+def information_maximisation_loss(logits: torch.Tensor) -> torch.Tensor:
+    """SHOT's loss on target logits: the mean entropy of the predictions minus the entropy of their mean (lower
+    is confident and diverse), with SHOT's epsilon 1e-5 inside the logarithms."""
+    probs = F.softmax(logits, dim=1)
+    return entropy(probs).mean() - entropy(probs.mean(0, keepdim=True))[0]
+
+
 class DomainAdaptation(nn.Module):
     """The adaptation loss of a training batch whose first ``num_source`` rows are source examples, the rest target:
     ``adversarial`` (``dann``, ``cdan`` or None) weighted by ``adversarial_weight`` x :func:`ramp` (training
-    progress) on the reversed gradient, plus ``mcc_weight`` x MCC on the target predictions.
+    progress) on the reversed gradient, plus ``mcc_weight`` x MCC and ``im_weight`` x information maximisation
+    (:func:`information_maximisation_loss`) on the target predictions. With ``source_ckpt`` (a source run's
+    checkpoint) the run is source-free: it starts from that model, trains on target batches alone (``num_source``
+    0) and keeps the classifier fixed.
 
     ``in_features`` is the width of the adapted feature (what the head's classifier reads), ``num_classes`` the
     number of logits (two for a binary head: give two-column logits). The discriminator trains in its own
@@ -215,12 +252,15 @@ class DomainAdaptation(nn.Module):
         discriminator_lr_mult: float = 1.0,
         target_in_batchnorm: bool = True,
         target_statistics: bool = False,
+        im_weight: float = 0.0,
+        source_ckpt: str | None = None,
     ):
         super().__init__()
         check_options({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self.target_in_batchnorm, self.target_statistics = target_in_batchnorm, target_statistics
         self.adversarial_method, self.adversarial_weight = adversarial, float(adversarial_weight)
-        self.mcc_weight = float(mcc_weight)
+        self.mcc_weight, self.im_weight = float(mcc_weight), float(im_weight)
+        self.source_ckpt = None if source_ckpt is None else str(source_ckpt)
         self.discriminator_lr_mult = float(discriminator_lr_mult)
         self.adversarial: DomainAdversarialLoss | None = None
         if adversarial == "cdan":
@@ -232,9 +272,22 @@ class DomainAdaptation(nn.Module):
     @property
     def methods(self) -> list[str]:
         losses = [m for m in (self.adversarial_method, "mcc" if self.mcc is not None else None) if m]
+        if self.im_weight > 0:
+            losses.append("im")
+        if self.source_free:
+            losses.append("source_free")
         if self.target_statistics:
             losses.append("adabn")
         return losses or ["mixed_bn"]
+
+    @property
+    def source_free(self) -> bool:
+        """Training batches hold target examples alone; the classifier stays as the source run left it."""
+        return self.source_ckpt is not None
+
+    @property
+    def has_loss(self) -> bool:
+        return self.adversarial is not None or self.mcc is not None or self.im_weight > 0
 
     def param_groups(self) -> list[ParamGroup]:
         """The discriminator's optimizer groups (none without one), biases and norm weights without weight decay."""
@@ -261,6 +314,10 @@ class DomainAdaptation(nn.Module):
             mcc = self.mcc(logits[num_source:])
             loss = loss + self.mcc_weight * mcc
             logs["adapt/mcc"] = mcc.detach()
+        if self.im_weight > 0:
+            im = information_maximisation_loss(logits[num_source:])
+            loss = loss + self.im_weight * im
+            logs["adapt/im_loss"] = im.detach()
         return loss, logs
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from transferlab.adapt import DomainAdaptation, batchnorms, statistics_of
 from transferlab.batches import FeatureBatch
@@ -27,6 +28,8 @@ class DomainAdaptationModule(TransferModule):
     also scored against its labels, as the second test loader is, logged as ``target/acc``, ...
     With ``target_batches`` (AdaBN: ``adapt.target_statistics``), the target's val and test passes run with
     BatchNorm statistics estimated on those batches (the target's training images, without augmentation).
+    A source-free ``adaptation`` (SHOT) gets batches ``{"target": batch}`` alone and its loss only; the classifier's
+    weights are read detached, so no gradient (nor weight decay, which skips parameters without one) moves them.
     """
 
     def __init__(
@@ -49,6 +52,8 @@ class DomainAdaptationModule(TransferModule):
     def training_step(self, batch, batch_idx):
         if not isinstance(batch, dict):  # a target to score only (or AdaBN): training sees the source alone
             return super().training_step(batch, batch_idx)
+        if "source" not in batch:
+            return self._source_free_step(batch["target"])
         source, target = batch["source"], batch["target"]
         num_source = len(source.target)
         if isinstance(source, FeatureBatch):
@@ -64,6 +69,18 @@ class DomainAdaptationModule(TransferModule):
         self.log("adapt/loss", extra, on_step=True, on_epoch=True, batch_size=num_source)
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=num_source)
         return loss + extra
+
+    def _source_free_step(self, target):
+        features = target.features if isinstance(target, FeatureBatch) else self.encode(target.inputs)
+        adapted = self.head.hidden(features)
+        fc = self.head.fc
+        logits = F.linear(adapted, fc.weight.detach(), None if fc.bias is None else fc.bias.detach())
+        two_column = torch.cat([-logits / 2, logits / 2], 1) if self.binary else logits
+        loss, logs = self.adaptation(adapted, two_column, 0, 0.0)
+        size = len(target.target)
+        self.log("adapt/loss", loss, on_step=True, on_epoch=True, batch_size=size)
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=size)
+        return loss
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         if dataloader_idx == 0:
@@ -142,7 +159,12 @@ def build_adaptation(
     adaptation = factory(in_features=head.fc.in_features, num_classes=num_classes)
     epochs = range(int(max_epochs))
     backbone_trains = any(not phases.backbone_frozen(e) for e in epochs)
-    if adaptation.adversarial is None and adaptation.mcc is None:  # BatchNorm alone: adabn, mixed_bn
+    if adaptation.source_free and any(p.probe == "exact" for p in schedule.phases):
+        raise ConfigError(
+            f"adapt.source_ckpt={adaptation.source_ckpt}: a source-free run keeps the source classifier, and this "
+            "schedule refits it by the exact probe; use a schedule without a probe phase (e.g. schedule=full)"
+        )
+    if not adaptation.has_loss:  # BatchNorm alone: adabn, mixed_bn
         option = "adapt.target_statistics=true" if adaptation.target_statistics else "adapt.target_in_batchnorm=true"
         if not batchnorms(backbone):
             raise ConfigError(
@@ -159,6 +181,8 @@ def build_adaptation(
     classifier_trains = features_train or any(p.probe != "exact" for p in schedule.phases)
     if adaptation.adversarial is not None and not features_train:
         option, why = f"adapt.adversarial={adaptation.adversarial_method}", ""
+    elif adaptation.source_free and not features_train:
+        option, why = f"adapt.source_ckpt={adaptation.source_ckpt}", " (a source-free run keeps the classifier)"
     elif not classifier_trains:
         option, why = f"adapt.mcc_weight={adaptation.mcc_weight}", " and the exact probe fits the classifier"
     else:
@@ -168,3 +192,18 @@ def build_adaptation(
         "use head=mlp (its hidden layer is then the adapted feature) or a schedule that trains the backbone "
         "(e.g. schedule=full)"
     )
+
+
+def load_source_model(module: torch.nn.Module, ckpt_path: str) -> None:
+    """Start ``module`` from a source run's checkpoint (a source-free run): every model tensor, not the
+    optimizer's state, nor a domain discriminator it trained with. One line if it is of another model."""
+    from transferlab.module import read_checkpoint
+    from transferlab.resume import check_same_model
+
+    def model_only(state: dict) -> dict:
+        return {k: v for k, v in state.items() if not k.startswith("adaptation.")}
+
+    state = model_only(read_checkpoint(ckpt_path, option="adapt.source_ckpt").get("state_dict") or {})
+    fix = "give the checkpoint of a source run with this backbone, head and classes"
+    check_same_model(state, model_only(module.state_dict()), f"adapt.source_ckpt={ckpt_path}", fix)
+    module.load_state_dict(state, strict=False)

@@ -159,7 +159,7 @@ class TransferModule(pl.LightningModule):
         return [f"{stage}/{name}" for stage in stages for name in names]
 
 
-def read_checkpoint(ckpt_path: str, map_location: str = "cpu", mmap: bool = False) -> dict:
+def read_checkpoint(ckpt_path: str, map_location: str = "cpu", mmap: bool = False, option: str = "ckpt_path") -> dict:
     """A checkpoint file as a dict, loaded with ``weights_only=True``; an unreadable one is a one-line ConfigError."""
     from transferlab.errors import ConfigError
 
@@ -167,16 +167,16 @@ def read_checkpoint(ckpt_path: str, map_location: str = "cpu", mmap: bool = Fals
         checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise ConfigError(
-            f"ckpt_path={ckpt_path}: file not found; give a checkpoint from a run's checkpoints/"
+            f"{option}={ckpt_path}: file not found; give a checkpoint from a run's checkpoints/"
         ) from None
     except Exception as e:  # truncated, not a torch file, or a pickle of code
         reason = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)[:160]
         raise ConfigError(
-            f"ckpt_path={ckpt_path}: not a readable checkpoint ({type(e).__name__}: {reason}); "
+            f"{option}={ckpt_path}: not a readable checkpoint ({type(e).__name__}: {reason}); "
             "give a checkpoint from a run's checkpoints/"
         ) from None
     if not isinstance(checkpoint, dict):
-        raise ConfigError(f"ckpt_path={ckpt_path}: holds a {type(checkpoint).__name__}, not a checkpoint")
+        raise ConfigError(f"{option}={ckpt_path}: holds a {type(checkpoint).__name__}, not a checkpoint")
     return checkpoint
 
 

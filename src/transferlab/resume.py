@@ -30,7 +30,11 @@ def check_resumable(ckpt_path: str, module) -> None:
     from transferlab.module import read_checkpoint
 
     state = read_checkpoint(ckpt_path, mmap=True).get("state_dict") or {}  # mmap: shapes, without reading it all
-    ours = module.state_dict()
+    check_same_model(state, module.state_dict(), f"ckpt_path={ckpt_path}", "resume with the config it was trained with")
+
+
+def check_same_model(state: dict, ours: dict, subject: str, fix: str) -> None:
+    """``state`` (a checkpoint's) has the tensors of ``ours``, by name and shape, and no others; else one line."""
     differ = [k for k in ours if k not in state or tuple(state[k].shape) != tuple(ours[k].shape)]
     differ += [k for k in state if k not in ours]
     if differ:
@@ -38,6 +42,6 @@ def check_resumable(ckpt_path: str, module) -> None:
         theirs = tuple(state[key].shape) if key in state else "absent"
         mine = tuple(ours[key].shape) if key in ours else "absent"
         raise ConfigError(
-            f"ckpt_path={ckpt_path}: a checkpoint of another model ({len(differ)} tensors differ, e.g. {key}: "
-            f"{theirs} in the file, {mine} here); resume with the config it was trained with"
+            f"{subject}: a checkpoint of another model ({len(differ)} tensors differ, e.g. {key}: "
+            f"{theirs} in the file, {mine} here); {fix}"
         )

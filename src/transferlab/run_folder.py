@@ -62,11 +62,12 @@ def _umask() -> int:
     return mask
 
 
-def checkpoint_file(ckpt_path: str, fix: str) -> str:
-    """The file ``ckpt_path`` names (``~`` expanded), or a one-line ConfigError ending in ``fix``."""
+def checkpoint_file(ckpt_path: str, fix: str, option: str = "ckpt_path") -> str:
+    """The file ``ckpt_path`` (the value of ``option``) names (``~`` expanded), or a one-line ConfigError ending in
+    ``fix``."""
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: file not found; {fix}")
+        raise ConfigError(f"{option}={ckpt_path}: file not found; {fix}")
     return str(path)
 
 

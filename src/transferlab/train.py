@@ -75,7 +75,7 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
     """The run's parts: backbone, schedule and its PhaseControl, the FeatureServing, the data (a TargetData
     around the source where ``data.target`` names a target), head, module and exact probe. The one place that
     chooses domain adaptation (``adapt``)."""
-    from transferlab.adapt_module import DomainAdaptationModule, build_adaptation
+    from transferlab.adapt_module import DomainAdaptationModule, build_adaptation, load_source_model
     from transferlab.data.target import TargetData, split_options
     from transferlab.feature_serving import FeatureServing
     from transferlab.module import TransferModule, class_weights_for
@@ -110,9 +110,12 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
         adaptation = build_adaptation(
             factory, schedule, phases, backbone.model, head, source.num_classes, cfg.trainer.max_epochs
         )
-        # Training batches carry target images for every method but AdaBN (target statistics at scoring only).
-        mixed = adaptation is not None and adaptation.target_in_batchnorm
-        target = TargetData(source, target_options, adaptation_batches=mixed)
+        # Training batches carry target images for every method but AdaBN (target statistics at scoring only);
+        # a source-free one's carry nothing else.
+        batches = "source"
+        if adaptation is not None and adaptation.target_in_batchnorm:
+            batches = "target" if adaptation.source_free else "source+target"
+        target = TargetData(source, target_options, training_batches=batches)
         adabn = adaptation is not None and adaptation.target_statistics
         module = DomainAdaptationModule(
             backbone,
@@ -122,6 +125,8 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
             target_batches=target.statistics_batches if adabn else None,
             **module_options,
         )
+        if adaptation is not None and adaptation.source_free:
+            load_source_model(module, adaptation.source_ckpt)
     probe = exact_probe(schedule, phases, head, source, serving, cfg.seed, weights)
     parts = {"backbone": backbone, "phases": phases, "serving": serving, "source": source, "target": target}
     return {**parts, "data": target or source, "module": module, "probe": probe}
@@ -205,7 +210,9 @@ def _summary(cfg, run_dir: Path, trainer, parts: dict[str, Any], rows: list[dict
         out["adaptation"] = {
             "methods": adaptation.methods,
             "steps_per_epoch": trainer.num_training_batches,
-            "batch_size": {"source": source.batch_size, "target": source.batch_size},
+            "batch_size": {"target": source.batch_size}
+            if adaptation.source_free
+            else {"source": source.batch_size, "target": source.batch_size},
         }
     return out
 

@@ -38,17 +38,22 @@ class TargetData(pl.LightningDataModule):
     (``target_train``, ``target_val``, ``target_test``; unlabelled examples are all ``target_train``, and
     ``target_val`` without augmentation, which the validators score).
 
-    The target's val split (and a labelled target's test split) is served beside the source's (dataloader_idx 1); with
-    ``adaptation_batches`` every training batch is ``{"source": batch, "target": batch}``, with as many target
-    examples as source ones, drawn by a shuffle of their own (CycleShuffle).
+    The target's val split (and a labelled target's test split) is served beside the source's (dataloader_idx 1).
+    ``training_batches``: ``source`` (the source's batches alone), ``source+target`` (every training batch is
+    ``{"source": batch, "target": batch}``, with as many target examples as source ones, drawn by a shuffle of
+    their own: CycleShuffle) or ``target`` (``{"target": batch}``: source-free, an epoch is the target's length).
     """
 
-    def __init__(self, source: ClassificationDataModule, target: dict[str, Any], adaptation_batches: bool = False):
+    TRAINING_BATCHES = ("source", "source+target", "target")
+
+    def __init__(self, source: ClassificationDataModule, target: dict[str, Any], training_batches: str = "source"):
         super().__init__()
         check_target(target)
+        if training_batches not in self.TRAINING_BATCHES:
+            raise ValueError(f"training_batches={training_batches}: choose one of {self.TRAINING_BATCHES}")
         self.source, self.target = source, dict(target)
         self.root = self.target.get("root")
-        self.adaptation_batches = bool(adaptation_batches)
+        self.training_batches = training_batches
         self.class_names, self.num_classes = source.class_names, source.num_classes
         self._raw, self.labelled = self._list()
         self._datasets: dict[str, sources.LabeledImages] = {}
@@ -96,8 +101,10 @@ class TargetData(pl.LightningDataModule):
         return self.source.eval_loader(self.source.without_augmentation(train))
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
+        if self.training_batches == "target":  # the source's training images are never read
+            return CombinedLoader({"target": self.source.loader("target_train", self.datasets["target_train"], True)})
         source = self.source.train_dataloader()
-        if not self.adaptation_batches:
+        if self.training_batches == "source":
             return source
         target = self.source.loader(
             "target_train", self.datasets["target_train"], shuffle=True, num_samples=len(source.dataset)
