@@ -378,3 +378,35 @@ def test_shot_errors_are_one_line(make_cfg, tmp_path):
         train(make_cfg(*DA, "head=mlp", "adapt=shot", f"adapt.source_ckpt={other['checkpoints']['best']}"))
     with pytest.raises(ConfigError, match=r"^adapt.adversarial=dann: a source-free run"):
         DomainAdaptation(8, 3, adversarial="dann", source_ckpt=other["checkpoints"]["best"])
+
+
+def test_the_best_checkpoint_by_each_validator_is_kept_and_tested(make_cfg):
+    by = ["target/snd", "target/entropy", "val/acc", "target/acc", "val/loss"]
+    summary = train(make_cfg(*DA[:1], "adapt=dann", "trainer.max_epochs=3", f"test_best_by=[{','.join(by)}]"))
+    assert completed(summary) and list(summary["test_best_by"]) == by
+    rows = list(csv.DictReader(open(Path(summary["run_dir"]) / "metrics.csv")))
+    for metric, chosen in summary["test_best_by"].items():
+        pick = min if metric in ("target/entropy", "val/loss") else max
+        assert chosen["epoch"] == int(pick(rows, key=lambda r: float(r[metric]))["epoch"]), metric
+        assert 0 <= chosen["target/acc"] <= 1 and "test/acc" in chosen
+    assert summary["test_best_by"]["val/acc"] == {"epoch": summary["best_epoch"], **summary["test"]}
+    checkpoints = {p.name for p in (Path(summary["run_dir"]) / "checkpoints").iterdir()}
+    assert checkpoints == {"best.ckpt", "last.ckpt", *(f"best-by-{m.replace('/', '-')}.ckpt" for m in by[:2] + by[3:])}
+    for metric in by[:2] + by[3:]:  # each file is of the epoch it was chosen at
+        saved = torch.load(Path(summary["run_dir"]) / f"checkpoints/best-by-{metric.replace('/', '-')}.ckpt")
+        assert saved["epoch"] == summary["test_best_by"][metric]["epoch"], metric
+    with pytest.raises(ConfigError, match=r"^test_best_by=target/sndd: no step logs it"):
+        train(make_cfg(*DA[:1], "adapt=dann", "test_best_by=[target/sndd]", run="bad"))
+
+
+def test_shot_resumes_to_the_same_weights(make_cfg, tmp_path):
+    source = train(make_cfg(*DA, "head=mlp", run="source"))["checkpoints"]["best"]
+    common = [*DA, "head=mlp", "adapt=shot", f"adapt.source_ckpt={source}", "trainer.max_epochs=2"]
+    train(make_cfg(*common, run="straight"))
+    stop = ["+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0"]
+    train(make_cfg(*common, *stop, run="resumed"))
+    assert train(make_cfg(*common, "ckpt_path=last", run="resumed"))["epochs"] == 2
+    straight = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    resumed = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key

@@ -72,6 +72,12 @@ def validate(cfg: DictConfig) -> None:
             f"set monitor_mode={better}"
         )
 
+    selections = cfg.get("test_best_by")
+    if selections is not None and (
+        not OmegaConf.is_list(selections) or not all(isinstance(m, str) and m for m in selections)
+    ):
+        raise ConfigError(f"test_best_by={selections}: give a list of metric names, e.g. test_best_by=[target/snd]")
+
     from transferlab.module import check_class_weights
 
     check_class_weights(cfg.get("class_weights"))

@@ -48,16 +48,17 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     parts = _build(cfg)
     module = parts["module"]
-    if cfg.monitor not in module.metric_names():
-        names = ", ".join(module.metric_names())
-        raise ConfigError(f"monitor={cfg.monitor}: no step logs it; choose one of {names}")
+    for option, metric in [("monitor", cfg.monitor), *(("test_best_by", m) for m in cfg.get("test_best_by") or [])]:
+        if metric not in module.metric_names():
+            names = ", ".join(module.metric_names())
+            raise ConfigError(f"{option}={metric}: no step logs it; choose one of {names}")
     history = EpochHistory(run_dir)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     tty = sys.stderr.isatty()
     probe = parts["probe"]
     own = [parts["phases"], parts["serving"], *([probe] if probe else []), RngState()]
-    callbacks = [*own, *(c for c in callbacks if _wanted(c, loggers, tty)), history]
+    callbacks = [*own, *(c for c in callbacks if _wanted(c, loggers, tty)), *_selections(cfg, run_dir), history]
     trainer = instantiate(trainer_config(cfg), callbacks=callbacks, logger=loggers or False, enable_progress_bar=tty)
     failed = True
     try:
@@ -163,6 +164,17 @@ def _fit_and_test(cfg, run_dir: Path, trainer, parts: dict[str, Any], history, l
     out["phases"], out["resumed_from"] = phase_history, ckpt_path
     if cfg.get("test") and parts["source"].split_sizes().get("test"):
         out["test"] = _test_best(trainer, module, data, run_dir)
+        wanted = list(cfg.get("test_best_by") or [])
+        selections = [c for c in trainer.checkpoint_callbacks if c.monitor in wanted and c.monitor != cfg.monitor]
+        if wanted:  # after the main test: testing restores each checkpoint's weights into the module
+            tested = {out.get("best_epoch"): out["test"]}  # an epoch that two metrics choose is tested once
+            by = {cfg.monitor: {"epoch": out.get("best_epoch"), **out["test"]}} if cfg.monitor in wanted else {}
+            for c in selections:
+                epoch = (_best_row(rows, c.monitor, c.mode) or {}).get("epoch")
+                if epoch not in tested:
+                    tested[epoch] = _test(trainer, module, data, c.best_model_path or None)
+                by[c.monitor] = {"epoch": epoch, **tested[epoch]}
+            out["test_best_by"] = {m: by[m] for m in wanted if m in by}
     rates = ("train_samples_per_s", "loader_samples_per_s", "model_samples_per_s")
     out["timings"] = {
         "startup_s": history.startup_s,
@@ -223,12 +235,38 @@ def _test_best(trainer, module, datamodule, run_dir: Path) -> dict[str, float]:
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else None
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+    scores = _test(trainer, module, datamodule, best_path or None)
     matrix = module.confusion.compute().cpu()  # a collective under DDP: every rank computes it
     if trainer.is_global_zero:
         plot_confusion(run_dir / "confusion.png", matrix, module.class_names)
+    return scores
+
+
+def _test(trainer, module, datamodule, ckpt_path: str | None) -> dict[str, float]:
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     # One dict per test loader (the source's, then a labelled target's as target/...).
     return {k: round(float(v), 6) for result in results for k, v in result.items()}
+
+
+def _selections(cfg: DictConfig, run_dir: Path) -> list:
+    """A checkpoint callback for each metric of ``test_best_by`` (but the monitor's, kept as best.ckpt):
+    checkpoints/best-by-<metric>.ckpt, the best epoch by it in its own direction."""
+    from transferlab.callbacks import RunCheckpoint
+    from transferlab.validators import direction
+
+    return [
+        RunCheckpoint(
+            dirpath=run_dir / CHECKPOINTS,
+            filename="best-by-" + metric.replace("/", "-"),
+            monitor=metric,
+            mode=direction(metric),
+            save_top_k=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+        for metric in dict.fromkeys(cfg.get("test_best_by") or [])
+        if metric != cfg.monitor
+    ]
 
 
 def _wanted(callback, loggers: list, tty: bool) -> bool:

@@ -22,6 +22,13 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 DIRECTIONS = {"target/entropy": "min", "target/im": "max", "target/snd": "max"}
+
+
+def direction(metric: str) -> str:
+    """Which way ``metric`` is better: ``min`` for losses and ``target/entropy``, ``max`` for the rest."""
+    return DIRECTIONS.get(metric) or ("min" if metric.endswith("loss") else "max")
+
+
 SND_TEMPERATURE = 0.05
 _EPS = 1e-5  # as in the SND authors' entropy
 
