@@ -6,7 +6,7 @@ Pairs:
                        32 px with an MLP head. Batch size, epochs and lr schedule: as adaptation_setting.py chose
                        them on target *val* (results/adaptation_setting.json; run it first).
   photo->sketch        hymenoptera's train/ photos (labelled) -> pencil sketches (a PACS-style shift, written by this
-                       script): the target's train and val splits are sketches of the train/ photos, its test split
+                       script): the target's train and val splits are sketches of the train/ photos (val: every fifth), its test split
                        sketches of the 153 val/ photos, which no run sees in any form. ImageNet EfficientNet-Lite0
                        (the dev extra) frozen at 160 px, features cached, an MLP head whose hidden layer is adapted.
 
@@ -81,9 +81,9 @@ def pairs(shared: Path, domains: Path, setting: list[str]) -> dict[str, tuple[li
 
 
 def sketch_pair(hymenoptera: Path, domains: Path) -> tuple[Path, Path]:
-    """photos/<class> (links to hymenoptera's train/ images) and sketches/{train,test}/<class>: pencil sketches
-    (gray divided by its blurred inverse, the colour-dodge recipe) of the train/ photos and of the val/ photos,
-    written once under ``domains``."""
+    """photos/<class> (links to hymenoptera's train/ images) and sketches/{train,val,test}/<class>: pencil sketches
+    (gray divided by its blurred inverse, the colour-dodge recipe) of the train/ photos (every fifth in val/) and
+    of the val/ photos (test/), written once under ``domains``."""
     import numpy as np
     from PIL import Image, ImageFilter, ImageOps
 
@@ -94,9 +94,12 @@ def sketch_pair(hymenoptera: Path, domains: Path) -> tuple[Path, Path]:
             link = photos / name / image.name
             if not link.exists():
                 link.symlink_to(image.resolve())
-        for split, source in (("train", "train"), ("test", "val")):
+        train = sorted((hymenoptera / "train" / name).iterdir())
+        drawn = {"train": [p for i, p in enumerate(train) if i % 5], "val": train[::5]}  # val: every fifth
+        drawn["test"] = sorted((hymenoptera / "val" / name).iterdir())
+        for split, images in drawn.items():
             (sketches / split / name).mkdir(parents=True, exist_ok=True)
-            for image in sorted((hymenoptera / source / name).iterdir()):
+            for image in images:
                 out = sketches / split / name / f"{image.stem}.png"
                 if not out.exists():
                     gray = ImageOps.grayscale(Image.open(image)).resize((256, 256))

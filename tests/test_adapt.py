@@ -395,6 +395,9 @@ def test_the_best_checkpoint_by_each_validator_is_kept_and_tested(make_cfg):
     for metric in by[:2] + by[3:]:  # each file is of the epoch it was chosen at
         saved = torch.load(Path(summary["run_dir"]) / f"checkpoints/best-by-{metric.replace('/', '-')}.ckpt")
         assert saved["epoch"] == summary["test_best_by"][metric]["epoch"], metric
+    # ... and each epoch's own weights were tested: another epoch, another loss.
+    losses = {chosen["epoch"]: chosen["target/loss"] for chosen in summary["test_best_by"].values()}
+    assert len(losses) >= 2 and len(set(losses.values())) == len(losses), summary["test_best_by"]
     with pytest.raises(ConfigError, match=r"^test_best_by=target/sndd: no step logs it"):
         train(make_cfg(*DA[:1], "adapt=dann", "test_best_by=[target/sndd]", run="bad"))
 

@@ -20,6 +20,8 @@ REQUIRED = {
     "data/text": ["data.root=/tmp"],
     # Adaptation needs target images: the offline pair.
     **{f"adapt/{p.stem}": ["data=digits_m"] for p in (CONF / "adapt").glob("*.yaml") if p.stem != "none"},
+    # SHOT starts from a source run's checkpoint: validate checks that the file exists (reading it is the run's).
+    "adapt/shot": ["data=digits_m", f"adapt.source_ckpt={__file__}"],
     # These read the digits_source run's checkpoint, which the quickstart makes first.
     "experiment/digits_finetune": ["backbone.weights=null"],
     "experiment/digits_frozen": ["backbone.weights=null"],

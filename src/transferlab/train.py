@@ -163,17 +163,21 @@ def _fit_and_test(cfg, run_dir: Path, trainer, parts: dict[str, Any], history, l
     out = _summary(cfg, run_dir, trainer, parts, rows)
     out["phases"], out["resumed_from"] = phase_history, ckpt_path
     if cfg.get("test") and parts["source"].split_sizes().get("test"):
-        out["test"] = _test_best(trainer, module, data, run_dir)
         wanted = list(cfg.get("test_best_by") or [])
-        selections = [c for c in trainer.checkpoint_callbacks if c.monitor in wanted and c.monitor != cfg.monitor]
-        if wanted:  # after the main test: testing restores each checkpoint's weights into the module
+        # Read before testing: a test restores the callbacks' state as the tested checkpoint saved it.
+        chosen = {
+            c.monitor: ((_best_row(rows, c.monitor, c.mode) or {}).get("epoch"), c.best_model_path)
+            for c in trainer.checkpoint_callbacks
+            if c.monitor in wanted and c.monitor != cfg.monitor
+        }
+        out["test"] = _test_best(trainer, module, data, run_dir)
+        if wanted:
             tested = {out.get("best_epoch"): out["test"]}  # an epoch that two metrics choose is tested once
             by = {cfg.monitor: {"epoch": out.get("best_epoch"), **out["test"]}} if cfg.monitor in wanted else {}
-            for c in selections:
-                epoch = (_best_row(rows, c.monitor, c.mode) or {}).get("epoch")
+            for metric, (epoch, path) in chosen.items():
                 if epoch not in tested:
-                    tested[epoch] = _test(trainer, module, data, c.best_model_path or None)
-                by[c.monitor] = {"epoch": epoch, **tested[epoch]}
+                    tested[epoch] = _test(trainer, module, data, path)
+                by[metric] = {"epoch": epoch, **tested[epoch]}
             out["test_best_by"] = {m: by[m] for m in wanted if m in by}
     rates = ("train_samples_per_s", "loader_samples_per_s", "model_samples_per_s")
     out["timings"] = {
