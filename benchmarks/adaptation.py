@@ -127,6 +127,7 @@ def scores(summary: dict) -> dict:
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--pairs", nargs="*", help="only these pairs (default: all)")
+    parser.add_argument("--arms", nargs="*", help="only these arms (default: all); the others stay as saved")
     args = parser.parse_args()
     runs = args.out / "adaptation_runs"
     chosen = args.out / "adaptation_setting.json"
@@ -141,10 +142,15 @@ def main() -> None:
     for pair, (base, oracle) in pairs(args.shared, runs / "domains", setting["overrides"]).items():
         if args.pairs and pair not in args.pairs:
             continue
+        saved_arms = results.get(pair, {})
         results[pair] = {}
         for arm, method in ARMS.items():
             if arm in BATCHNORM_ARMS and pair == "photo->sketch":
                 continue  # a frozen backbone served from cached features: no BatchNorm runs
+            if args.arms and arm not in args.arms:
+                if arm in saved_arms:
+                    results[pair][arm] = saved_arms[arm]
+                continue
             per_seed, seconds = [], []
             for seed in range(args.seeds):
                 extra = oracle if "oracle" in arm else []
