@@ -29,6 +29,7 @@ from torch import nn
 
 from transferlab.errors import ConfigError
 from transferlab.optim import ParamGroup, no_weight_decay, split_by_decay
+from transferlab.validators import entropy, information_maximisation
 
 ADVERSARIAL = ("dann", "cdan")
 RANDOMIZED_ABOVE = 4096  # CDAN: a features x classes outer product wider than this gets a random projection
@@ -119,11 +120,6 @@ class _ReverseGradient(torch.autograd.Function):
 def reverse_gradient(x: torch.Tensor, coefficient: float) -> torch.Tensor:
     """The identity going forward; going back, the gradient times ``-coefficient``."""
     return _ReverseGradient.apply(x, coefficient)
-
-
-def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Each row's entropy (nats)."""
-    return -(probs * torch.log(probs + 1e-5)).sum(dim=1)
 
 
 def certainty_weights(probs: torch.Tensor) -> torch.Tensor:
@@ -223,8 +219,7 @@ class MinimumClassConfusionLoss(nn.Module):
 def information_maximisation_loss(logits: torch.Tensor) -> torch.Tensor:
     """SHOT's loss on target logits: the mean entropy of the predictions minus the entropy of their mean (lower
     is confident and diverse), with SHOT's epsilon 1e-5 inside the logarithms."""
-    probs = F.softmax(logits, dim=1)
-    return entropy(probs).mean() - entropy(probs.mean(0, keepdim=True))[0]
+    return -information_maximisation(F.softmax(logits, dim=1))
 
 
 class DomainAdaptation(nn.Module):

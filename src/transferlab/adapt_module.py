@@ -64,8 +64,7 @@ class DomainAdaptationModule(TransferModule):
         logits = self.head.fc(adapted)
         loss, _ = self.score(logits[:num_source], source.target, self.train_metrics, "train")
         progress = self.trainer.global_step / max(1, self.trainer.estimated_stepping_batches)
-        two_column = torch.cat([-logits / 2, logits / 2], 1) if self.binary else logits
-        extra, logs = self.adaptation(adapted, two_column, num_source, progress)
+        extra, logs = self.adaptation(adapted, self._class_logits(logits), num_source, progress)
         self.log("adapt/loss", extra, on_step=True, on_epoch=True, batch_size=num_source)
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=num_source)
         return loss + extra
@@ -75,12 +74,15 @@ class DomainAdaptationModule(TransferModule):
         adapted = self.head.hidden(features)
         fc = self.head.fc
         logits = F.linear(adapted, fc.weight.detach(), None if fc.bias is None else fc.bias.detach())
-        two_column = torch.cat([-logits / 2, logits / 2], 1) if self.binary else logits
-        loss, logs = self.adaptation(adapted, two_column, 0, 0.0)
+        loss, logs = self.adaptation(adapted, self._class_logits(logits), 0, 0.0)
         size = len(target.target)
         self.log("adapt/loss", loss, on_step=True, on_epoch=True, batch_size=size)
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=size)
         return loss
+
+    def _class_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """A logit per class, as the adaptation losses take them: a binary head's one logit as two columns."""
+        return torch.cat([-logits / 2, logits / 2], 1) if self.binary else logits
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         if dataloader_idx == 0:
