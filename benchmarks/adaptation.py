@@ -27,6 +27,7 @@ import re
 import statistics
 import time
 from pathlib import Path
+from statistics import mean
 
 from adaptation_setting import digits_pair
 from schedules import _lite0_weights, arguments, run
@@ -109,6 +110,10 @@ def sketch_pair(hymenoptera: Path, domains: Path) -> tuple[Path, Path]:
     return photos, sketches
 
 
+def run_folder(runs: Path, pair: str, arm: str, seed: int) -> Path:
+    return runs / re.sub(r"[^\w-]", "", pair) / re.sub(r"\W+", "_", arm) / str(seed)
+
+
 def scores(summary: dict) -> dict:
     """Per selection: the epoch chosen, its target test accuracy, and the validators' values at that epoch."""
     rows = {int(r["epoch"]): r for r in csv.DictReader(open(Path(summary["run_dir"]) / "metrics.csv"))}
@@ -157,7 +162,7 @@ def main() -> None:
                 if arm == "SHOT":
                     source = results[pair]["source only"]["runs"][seed]
                     extra = [f"adapt.source_ckpt={Path(source) / 'checkpoints/best.ckpt'}"]
-                folder = runs / re.sub(r"[^\w-]", "", pair) / re.sub(r"\W+", "_", arm) / str(seed)
+                folder = run_folder(runs, pair, arm, seed)
                 overrides = [*base, *method, *extra, f"seed={seed}", f"data.split_seed={seed}"]
                 summary = run([*overrides, f"test_best_by=[{selections}]"], folder)
                 if summary["status"] != "completed":
@@ -165,10 +170,7 @@ def main() -> None:
                 per_seed.append(scores(summary))
                 seconds += summary["timings"]["epoch_s"]
             results[pair][arm] = {
-                "runs": [
-                    str(runs / re.sub(r"[^\w-]", "", pair) / re.sub(r"\W+", "_", arm) / str(s))
-                    for s in range(args.seeds)
-                ],
+                "runs": [str(run_folder(runs, pair, arm, seed)) for seed in range(args.seeds)],
                 "target_test_acc": {c: [s[c]["target_test_acc"] for s in per_seed] for c in SELECTIONS},
                 "chosen": per_seed,
                 "median_epoch_s": round(statistics.median(seconds), 2),
@@ -229,10 +231,6 @@ def tables(results: dict) -> str:
             out.append(f"| {arm} | " + " | ".join(_cell(row["target_test_acc"][c]) for c in SELECTIONS) + " |")
         out.append("")
     return "\n".join(out).rstrip()
-
-
-def mean(values: list[float]) -> float:
-    return statistics.mean(values)
 
 
 def goals(results: dict) -> str:
