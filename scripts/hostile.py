@@ -2,7 +2,7 @@
 
     python scripts/hostile.py [--keep DIR]
 
-Every case runs a console script (transferlab-train, -eval, -predict, -report) in a fresh folder and is judged:
+Every case runs a console script (transferlab-train, -eval, -predict, -export, -report) in a fresh folder and is judged:
 - clean: the expected outcome; a mistake ends with one ``error:`` line and exit status 2 (a run that fails by
   itself, such as a diverged loss: exit status 1; a signal: 130/143);
 - traceback: a traceback, Hydra's multi-line block, or an error that is not one line;
@@ -258,6 +258,10 @@ def cases(work: Path, ckpt: Path, done: Path, sweep: Path, predicted: Path) -> l
              ["ckpt_path={dir}/c.ckpt", "input={dir}/in", "output={dir}/c.ckpt"],
              setup=lambda d: (shutil.copy(ckpt, d / "c.ckpt"), photo(d / "in/a.jpg", 1)),
              judge=lambda r, d: "lost" if digest(d / "c.ckpt") != digest(ckpt) else verdict(r, "error")),
+        Case("export ckpt_path=<truncated>", "transferlab-export", ["ckpt_path={dir}/cut.ckpt"], setup=cut_ckpt),
+        Case("export format=tflite", "transferlab-export", [f"ckpt_path={ckpt}", "format=tflite"]),
+        Case("predict model=<an .onnx of junk, no json>", "transferlab-predict", ["model={dir}/m.onnx", "input={dir}/in"],
+             setup=lambda d: ((d / "m.onnx").write_text("junk"), photo(d / "in/a.jpg", 1))),
     ]  # fmt: skip
 
     # Images: broken and odd files.

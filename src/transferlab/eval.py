@@ -9,7 +9,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.cli import cli_main, conf_dir, instantiate, job_summary, run_task
+from transferlab.cli import cli_main, conf_dir, job_summary, run_task
 from transferlab.errors import ConfigError
 from transferlab.run_folder import claim, locked, recorded
 
@@ -37,36 +37,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from transferlab.data.sources import SPLITS
-    from transferlab.inference import checkpoint_path, inference_trainer
+    from transferlab.inference import checkpoint_data, checkpoint_path, inference_trainer
 
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split}: choose one of {', '.join(SPLITS)}")
     ckpt_path = checkpoint_path(cfg, "transferlab-eval")
-    from transferlab.data.target import split_options
     from transferlab.module import load_module
     from transferlab.plots import plot_confusion
 
     module = load_module(ckpt_path)
-    meta = module.metadata
     overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
     changes = {k: v for k, v in overrides.items() if v is not None}
-    # A split of the data the model was trained on (to score a target domain, point data.root at it).
-    options, _, _ = split_options({**meta["data"], **changes})
-    data = {
-        **options,
-        # The saved inputs already hold the input size, mean and std the model was trained with.
-        "input_size": None,
-        "mean": None,
-        "std": None,
-        "augment": "none",  # so that split=train is scored with the eval transform too
-        "output_dir": str(run_dir),  # where the data module lists skipped bad files
-    }
-    datamodule = instantiate(data, inputs=module.inputs)
-    if datamodule.class_names != module.class_names:
-        raise ConfigError(
-            f"data: the classes {datamodule.class_names} differ from the checkpoint's {module.class_names}; "
-            "point data.root at images of the classes the model was trained on"
-        )
+    datamodule = checkpoint_data(module, changes, run_dir)
     datasets = datamodule.datasets
     if cfg.split not in datasets:
         raise ConfigError(

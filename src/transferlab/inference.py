@@ -23,6 +23,32 @@ def checkpoint_path(cfg: DictConfig, command: str) -> str:
     return checkpoint_file(cfg.ckpt_path, f"give a checkpoint file, e.g. {CKPT_EXAMPLE}")
 
 
+def checkpoint_data(module, changes: dict[str, Any], run_dir: str | Path):
+    """The data module of the data ``module``'s checkpoint was trained on (its saved ``data`` config with
+    ``changes``), set up with the checkpoint's input preparation and no augmentation."""
+    from transferlab.cli import instantiate
+    from transferlab.data.target import split_options
+
+    # A split of the data the model was trained on (to score a target domain, point data.root at it).
+    options, _, _ = split_options({**module.metadata["data"], **changes})
+    data = {
+        **options,
+        # The saved inputs already hold the input size, mean and std the model was trained with.
+        "input_size": None,
+        "mean": None,
+        "std": None,
+        "augment": "none",  # so that split=train is scored with the eval transform too
+        "output_dir": str(run_dir),  # where the data module lists skipped bad files
+    }
+    datamodule = instantiate(data, inputs=module.inputs)
+    if datamodule.class_names != module.class_names:
+        raise ConfigError(
+            f"data: the classes {datamodule.class_names} differ from the checkpoint's {module.class_names}; "
+            "point data.root at images of the classes the model was trained on"
+        )
+    return datamodule
+
+
 def inference_trainer(trainer: DictConfig, run_dir: str | Path):
     """A Trainer from the ``trainer.`` keyword arguments that only runs a model: no logger, checkpoints or bars."""
     import pytorch_lightning as pl

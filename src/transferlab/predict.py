@@ -1,4 +1,5 @@
-"""transferlab-predict: label a folder of images into a CSV, from a checkpoint alone; summary.json in its folder."""
+"""transferlab-predict: label images or texts into a CSV, from a checkpoint or an export alone; summary.json in its
+folder."""
 
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ def predict(cfg: DictConfig) -> Path:
     every readable image under the folder, sorted, paths as found (relative stays relative); for texts,
     ``row,class,probability`` and each class's probability, one row per text in the input's order.
 
-    Only the checkpoint is needed: the model, its class names and how its inputs are prepared. The run folder is
-    a run of its own (summary.json says how it ended); an existing ``output`` is never replaced unless
-    ``overwrite`` is set, and never when it is one of the inputs.
+    Only the checkpoint is needed: the model, its class names and how its inputs are prepared; or, with
+    ``model``, a file of transferlab-export, run by its runtime (onnxruntime for ONNX) with the same listing,
+    screening, order and columns. The run folder is a run of its own (summary.json says how it ended); an existing
+    ``output`` is never replaced unless ``overwrite`` is set, and never when it is one of the inputs.
     """
     run_dir = Path(cfg.paths.output_dir)
-    summary = job_summary("predict", cfg, "ckpt_path", "input")
+    summary = job_summary("predict", cfg, "ckpt_path", "model", "input")
     claim(run_dir, "predict", resuming=False, overwrite=bool(cfg.overwrite))
     with locked(run_dir), recorded(run_dir, summary):
         summary.update(_predict(cfg, run_dir))
@@ -41,7 +43,9 @@ def predict(cfg: DictConfig) -> Path:
 def _predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.bad_files not in BAD_FILE_POLICIES:
         raise ConfigError(f"bad_files={cfg.bad_files}: choose one of {', '.join(BAD_FILE_POLICIES)}")
-    ckpt_path = checkpoint_path(cfg, "transferlab-predict")
+    if cfg.model and not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.ckpt_path:
+        raise ConfigError(f"model={cfg.model}: give ckpt_path (a checkpoint) or model (an export), not both")
+    model_path = str(cfg.model) if cfg.model else checkpoint_path(cfg, "transferlab-predict")
     if OmegaConf.is_missing(cfg, "input") or not cfg.input:
         raise ConfigError(
             "input is required: transferlab-predict ckpt_path=... input=PATH (a folder of images, a text file)"
@@ -50,7 +54,12 @@ def _predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     output = Path(cfg.output).expanduser()
     target = output.resolve()
     inside = target.is_relative_to(source.resolve()) if source.is_dir() else target == source.resolve()
-    if target == Path(ckpt_path).resolve() or (target.exists() and inside):
+    model_files = {Path(model_path).resolve()}
+    if cfg.model:  # an export is read with the files beside it
+        from transferlab.exported import info_path, tokenizer_path
+
+        model_files |= {info_path(Path(model_path).resolve()), tokenizer_path(Path(model_path).resolve())}
+    if target in model_files or (target.exists() and inside):
         raise ConfigError(f"output={cfg.output}: is one of the inputs; write the predictions to a new file")
     if output.exists() and not cfg.overwrite:
         raise ConfigError(
@@ -60,28 +69,36 @@ def _predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from transferlab.module import load_module
+    if cfg.model:
+        from transferlab.exported import load_exported
 
-    module = load_module(ckpt_path)
-    names, dataset = INPUTS[module.inputs.kind](cfg, module, run_dir)
+        model = load_exported(model_path)
+    else:
+        from transferlab.module import load_module
+
+        model = load_module(model_path)
+    names, dataset = INPUTS[model.inputs.kind](cfg, model.inputs, run_dir)
     loader = DataLoader(
-        dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), collate_fn=module.inputs.collate
+        dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), collate_fn=model.inputs.collate
     )
-    trainer = inference_trainer(cfg.trainer, run_dir)
-    probs = torch.cat([p.float().cpu() for p in trainer.predict(module, dataloaders=loader)])
+    if cfg.model:  # the export's runtime, on the CPU
+        probs = torch.cat([model.probabilities(batch.inputs) for batch in loader])
+    else:
+        trainer = inference_trainer(cfg.trainer, run_dir)
+        probs = torch.cat([p.float().cpu() for p in trainer.predict(model, dataloaders=loader)])
 
     top_prob, top_class = probs.max(dim=1)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    every = module.inputs.kind != "image"  # the image CSV keeps its three columns
-    writer.writerow([*COLUMNS[module.inputs.kind], *(module.class_names if every else ())])
+    every = model.inputs.kind != "image"  # the image CSV keeps its three columns
+    writer.writerow([*COLUMNS[model.inputs.kind], *(model.class_names if every else ())])
     for name, index, prob, row in zip(names, top_class.tolist(), top_prob.tolist(), probs.tolist()):
-        writer.writerow([name, module.class_names[index], f"{prob:.6f}", *(f"{p:.6f}" for p in row if every)])
+        writer.writerow([name, model.class_names[index], f"{prob:.6f}", *(f"{p:.6f}" for p in row if every)])
     write_atomic(output, buffer.getvalue())
-    return {"n": len(names), "output": str(output), "class_names": module.class_names}
+    return {"n": len(names), "output": str(output), "class_names": model.class_names}
 
 
-def _images(cfg: DictConfig, module, run_dir: Path):
+def _images(cfg: DictConfig, inputs, run_dir: Path):
     import numpy as np
 
     from transferlab.data.sources import LabeledImages, Split
@@ -89,10 +106,10 @@ def _images(cfg: DictConfig, module, run_dir: Path):
     paths = image_paths(cfg.input, cfg.bad_files, run_dir)
     # LabeledImages loads each file as RGB (palette GIFs too) as training did; the labels are placeholders.
     labels = np.zeros(len(paths), dtype=np.int64)
-    return [str(p) for p in paths], LabeledImages(Split(paths, labels), module.inputs.transform("none", train=False))
+    return [str(p) for p in paths], LabeledImages(Split(paths, labels), inputs.transform("none", train=False))
 
 
-def _texts(cfg: DictConfig, module, run_dir: Path):
+def _texts(cfg: DictConfig, inputs, run_dir: Path):
     import numpy as np
 
     from transferlab.data.sources import Split
@@ -100,7 +117,7 @@ def _texts(cfg: DictConfig, module, run_dir: Path):
 
     rows, texts = read_inputs(str(cfg.input), str(cfg.text_column))
     labels = np.zeros(len(texts), dtype=np.int64)
-    return rows, LabeledTexts(Split(texts, labels), module.inputs.transform("none", train=False))
+    return rows, LabeledTexts(Split(texts, labels), inputs.transform("none", train=False))
 
 
 INPUTS = {"image": _images, "text": _texts}  # a backbone's input kind -> what predict reads for it
