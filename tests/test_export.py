@@ -178,7 +178,9 @@ def test_bad_exports_are_one_line_and_leave_no_file(trained_run, tmp_path):
     assert (out / "model.onnx").read_text() == "keep me"
 
     with tmpfs(tmp_path / "readonly", "size=1m,ro") as readonly:
-        with pytest.raises(ConfigError, match=r"^output=.*readonly/model.onnx: cannot write there \(Read-only file system"):
+        with pytest.raises(
+            ConfigError, match=r"^output=.*readonly/model.onnx: cannot write there \(Read-only file system"
+        ):
             export(_export_cfg(ckpt, tmp_path, f"output={readonly}/model.onnx", run="ro"))
     with tmpfs(tmp_path / "small", "size=64k") as full:  # the file cannot be written whole: nothing stays
         with pytest.raises(Exception):  # noqa: B017 (an OSError the entry point turns into one line)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, check_bool
 from transferlab.image_inputs import ImageInputs
 from transferlab.layer_groups import LayerGroup
 from transferlab.layer_groups import layer_groups as layer_groups_of
@@ -87,6 +87,8 @@ def create_backbone(
     optional list of regexes, one per group, input to output; ``channels_last`` converts the model to NHWC (faster
     convolutions on tensor cores) and has its inputs prepared alike.
     """
+    for option, value in (("pretrained", pretrained), ("strict", strict), ("channels_last", channels_last)):
+        check_bool(f"backbone.{option}", value)
     if (name is None) == (model is None):
         raise ConfigError("backbone: give exactly one of backbone.name (a timm model) or backbone.model._target_")
     from transferlab.weights import load_weights, weights_file

@@ -6,7 +6,7 @@ import math
 
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, check_bool
 
 # Lightning's precision values (its short aliases 32, 64, 16, bf16 included).
 PRECISIONS = (
@@ -89,8 +89,8 @@ def validate(cfg: DictConfig) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed={seed}: use a whole number in [0, 2^32), e.g. seed=42")
     for key in ("test", "overwrite", "filter_bias_and_bn"):
-        if not isinstance(cfg.get(key, False), bool):
-            raise ConfigError(f"{key}={cfg.get(key)}: use true or false")
+        check_bool(key, cfg.get(key, False))
+    check_bool("trainer.compile", cfg.trainer.get("compile", False))
 
 
 def _check_optimizer(cfg: DictConfig) -> None:

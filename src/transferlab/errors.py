@@ -10,6 +10,12 @@ class ConfigError(ValueError):
     """
 
 
+def check_bool(option: str, value: object, allow_none: bool = False) -> None:
+    """``option`` must be true or false (or null with ``allow_none``): a string such as "maybe" would read as true."""
+    if not (isinstance(value, bool) or (allow_none and value is None)):
+        raise ConfigError(f"{option}={value}: use true or false{' or null' if allow_none else ''}")
+
+
 class Interrupted(BaseException):
     """The run was stopped by a signal (SIGTERM, SIGINT): recorded as ``interrupted``, exit status 128 + signal.
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, check_bool
 
 
 def check_options(options: dict) -> None:
@@ -21,6 +21,7 @@ def check_options(options: dict) -> None:
         or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)
     ):
         raise ConfigError(f"head.hidden_sizes={sizes}: give a list of layer widths > 0, e.g. head.hidden_sizes=[256]")
+    check_bool("head.binary", options.get("binary", False))
     for option, choices in (("activation", _ACTIVATIONS), ("norm", _NORMS)):
         value = options.get(option)
         if value is not None and value not in choices:

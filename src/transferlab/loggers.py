@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from transferlab.errors import check_bool
+
 
 def wandb_offline() -> bool:
     """Offline when WANDB_MODE says so, or when no API key is configured (env or ~/.netrc)."""
@@ -29,6 +31,7 @@ def wandb_logger(save_dir: str, project: str = "transferlab", offline: bool | No
     """
     from pytorch_lightning.loggers import WandbLogger
 
+    check_bool("logger.wandb.offline", offline, allow_none=True)
     group, name = _sweep_group_and_name()
     run_id = hashlib.sha1(str(Path(save_dir).resolve()).encode()).hexdigest()[:12]
     kwargs = {"group": group, "name": name, "id": run_id, "resume": "allow", **kwargs}

@@ -9,7 +9,7 @@ from typing import Any
 
 from transferlab.data.images import BAD_FILE_POLICIES
 from transferlab.data.transforms import AUGMENT_PRESETS
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, check_bool
 
 SOURCES = ("digits", "digits_m", "folder", "text")
 TARGET_SOURCES = ("folder", "digits_m")
@@ -22,6 +22,8 @@ def check_options(options: Mapping[str, Any]) -> None:
     _choice("augment", get("augment") or "none", AUGMENT_PRESETS)
     _choice("bad_files", get("bad_files") or "skip", BAD_FILE_POLICIES)
     _choice("bad_rows", get("bad_rows") or "skip", BAD_FILE_POLICIES)
+    check_bool("data.cache_images", get("cache_images") or False)
+    check_bool("data.pin_memory", get("pin_memory"), allow_none=True)
     if get("source") == "text":
         set_for_images = [k for k in ("input_size", "mean", "std", "classes", "photos") if get(k) is not None]
         set_for_images += [k for k in ("augment",) if get(k) not in (None, "none")]
