@@ -74,7 +74,7 @@ def test_bf16_mixed_precision_on_cpu(make_cfg):
 
 @pytest.mark.slow
 def test_quickstart_at_reduced_size(tmp_path):
-    """The README's quickstart script, one epoch per run: three target runs that share the source backbone."""
+    """The quickstart script, one epoch per run: three target runs that share the source backbone."""
     env = {
         **os.environ,
         "QUICKSTART_DIR": str(tmp_path),

@@ -240,8 +240,8 @@ def test_custom_backbone_with_a_checkpoint_from_the_wild_on_real_images(shared_d
     assert len(rows) == 83 and {r["class"] for r in rows} <= {"ants", "bees"}
 
 
-def test_use_from_python_as_the_readme_shows(tmp_path):
-    """The README's "Use from Python" pieces, without Hydra: an LP-FT run whose probe epoch trains the head on
+def test_use_from_python_as_the_docs_show(tmp_path):
+    """docs/python.md's pieces, without Hydra: an LP-FT run whose probe epoch trains the head on
     served features while the backbone stays put, and whose fine-tuning epoch moves the backbone."""
     import pytorch_lightning as pl
 
