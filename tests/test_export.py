@@ -21,7 +21,7 @@ from transferlab.module import load_module
 from transferlab.predict import predict
 from transferlab.train import train
 
-from helpers import compose_config, custom_network_run, read_summary, run_cli, tmpfs
+from helpers import TINY, compose_config, custom_network_run, read_summary, run_cli, tmpfs
 from test_text import _texts, _write, tiny_bert  # noqa: F401 (a fixture)
 
 SUFFIX = {"onnx": ".onnx", "torch_export": ".pt2"}
@@ -148,6 +148,22 @@ def _item(module, text: str):
     from transferlab.batches import Batch
 
     return Batch(module.inputs.transform("none", False)(text), 0)
+
+
+def test_an_adapted_checkpoint_exports_without_its_domain_discriminator(tmp_path):
+    summary = train(compose_config(*TINY, "data=digits_m", "adapt=dann", "test=false",
+                                   f"paths.output_dir={tmp_path / 'dann'}"))  # fmt: skip
+    ckpt = Path(summary["checkpoints"]["best"])
+    assert any(k.startswith("adaptation.") for k in torch.load(ckpt, weights_only=True)["state_dict"])
+    output = export(_export_cfg(ckpt, tmp_path))
+    stored = {t.name for t in onnx.load(str(output)).graph.initializer}
+    assert stored and not any("adaptation" in name or "discriminator" in name for name in stored)
+    module = load_module(str(ckpt))
+    weights = sum(int(np.prod(t.dims)) for t in onnx.load(str(output)).graph.initializer)
+    served = [*module.backbone.parameters(), *module.backbone.buffers(), *module.head.parameters()]
+    discriminator = sum(p.numel() for k, p in torch.load(ckpt, weights_only=True)["state_dict"].items()
+                        if k.startswith("adaptation."))  # fmt: skip
+    assert discriminator > 10**6 and weights <= sum(p.numel() for p in served)  # (BatchNorm may fold into convs)
 
 
 def test_bad_exports_are_one_line_and_leave_no_file(trained_run, tmp_path):
