@@ -194,6 +194,20 @@ def first_line(error: object) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
+def run_job(task: str, cfg, work: Callable, *given: str) -> dict:
+    """A job other than training (eval, predict, export) in a run folder of its own, claimed and locked: its
+    summary.json says how ``work(cfg, run_dir)`` ended and holds the config values named in ``given`` and what
+    ``work`` returns. Returns that summary."""
+    from transferlab.run_folder import claim, locked, recorded
+
+    run_dir = Path(cfg.paths.output_dir)
+    summary = job_summary(task, cfg, *given)
+    claim(run_dir, task, resuming=False, overwrite=bool(cfg.get("overwrite")))
+    with locked(run_dir), recorded(run_dir, summary):
+        summary.update(work(cfg, run_dir))
+    return summary
+
+
 def job_summary(task: str, cfg, *given: str, **fields) -> dict:
     """A job's first summary.json: ``running``, its task, run folder, the config values named in ``given`` (null
     where still missing), ``fields``, its command-line overrides and when it started."""

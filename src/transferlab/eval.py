@@ -9,9 +9,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.cli import cli_main, conf_dir, job_summary, run_task
+from transferlab.cli import cli_main, conf_dir, run_job, run_task
 from transferlab.errors import ConfigError
-from transferlab.run_folder import claim, locked, recorded
 
 log = logging.getLogger("transferlab")
 
@@ -22,15 +21,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     summary.json says how it ended (``status``); its ``metrics`` are named ``<split>/acc``, ``<split>/f1`` (macro),
     ``<split>/loss`` and, with more than five classes, ``<split>/top5``.
     """
-    run_dir = Path(cfg.paths.output_dir)
-    summary = job_summary("eval", cfg, "ckpt_path", "split")
-    claim(run_dir, "eval", resuming=False, overwrite=bool(cfg.get("overwrite")))
-    with locked(run_dir), recorded(run_dir, summary):
-        summary.update(_evaluate(cfg, run_dir))
+    summary = run_job("eval", cfg, _evaluate, "ckpt_path", "split")
     metrics = summary["metrics"]
     print(
         f"eval {cfg.split}: acc {metrics[f'{cfg.split}/acc']:.4f} f1 {metrics[f'{cfg.split}/f1']:.4f} "
-        f"(n={summary['n']}) -> {run_dir}"
+        f"(n={summary['n']}) -> {summary['run_dir']}"
     )
     return summary
 

@@ -25,10 +25,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from transferlab.cli import cli_main, conf_dir, first_line, job_summary, run_task
+from transferlab.cli import cli_main, conf_dir, first_line, run_job, run_task
 from transferlab.errors import ConfigError
 from transferlab.exported import FORMATS, info_path, input_names, load_exported, tokenizer_path
-from transferlab.run_folder import claim, locked, recorded, versions
+from transferlab.run_folder import versions
 
 log = logging.getLogger("transferlab")
 OPSET = 17  # what current runtimes (onnxruntime, TensorRT, OpenVINO) all read; timm exports at 17 too
@@ -57,11 +57,7 @@ class Serving(nn.Module):
 def export(cfg: DictConfig) -> Path:
     """Export ``cfg.ckpt_path`` to ``cfg.output`` in ``cfg.format``; the run folder's summary.json says how it
     ended and holds the parity figures that the export's JSON holds too."""
-    run_dir = Path(cfg.paths.output_dir)
-    summary = job_summary("export", cfg, "ckpt_path", "format")
-    claim(run_dir, "export", resuming=False, overwrite=bool(cfg.overwrite))
-    with locked(run_dir), recorded(run_dir, summary):
-        summary.update(_export(cfg, run_dir))
+    summary = run_job("export", cfg, _export, "ckpt_path", "format")
     parity = summary["parity"]
     print(
         f"exported {cfg.format} -> {summary['output']} (max |logit difference| {parity['max_abs_diff']:.2e}, "

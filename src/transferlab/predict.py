@@ -12,11 +12,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.cli import cli_main, conf_dir, job_summary, run_task
+from transferlab.cli import cli_main, conf_dir, run_job, run_task
 from transferlab.data.images import BAD_FILE_POLICIES
 from transferlab.errors import ConfigError
 from transferlab.inference import checkpoint_path, image_paths, inference_trainer
-from transferlab.run_folder import claim, locked, recorded, write_atomic
+from transferlab.run_folder import write_atomic
 
 log = logging.getLogger("transferlab")
 
@@ -31,11 +31,7 @@ def predict(cfg: DictConfig) -> Path:
     screening, order and columns. The run folder is a run of its own (summary.json says how it ended); an existing
     ``output`` is never replaced unless ``overwrite`` is set, and never when it is one of the inputs.
     """
-    run_dir = Path(cfg.paths.output_dir)
-    summary = job_summary("predict", cfg, "ckpt_path", "model", "input")
-    claim(run_dir, "predict", resuming=False, overwrite=bool(cfg.overwrite))
-    with locked(run_dir), recorded(run_dir, summary):
-        summary.update(_predict(cfg, run_dir))
+    summary = run_job("predict", cfg, _predict, "ckpt_path", "model", "input")
     print(f"predicted {summary['n']} inputs -> {summary['output']}")
     return Path(summary["output"])
 
