@@ -1,11 +1,10 @@
 """Write docs/options.md: every option of every config in conf/, from the configs themselves.
 
 Per option: its full key, its default as written, its type (from the default), its meaning (the comment on its line
-and the comment lines that continue it, or the comment block right above it) and, for transferlab-train, the one-line
-error a wrong value gets: the train config is composed with the option's preset and a value of the wrong kind
-(``bogus``, ``-1``, ``maybe``) and checked by ``transferlab.config.validate`` as the command checks it before any
-work. Where the check passes, the option is one that only the library it is handed to can judge (a timm model
-name, a Trainer argument), and the page says so.
+and the comment lines that continue it, or the comment block right above it, or the library class it is an
+argument of) and the one-line error a value of the wrong kind (``bogus``, ``-1``, ``maybe``) gets: for
+transferlab-train the config is composed with the option's preset and that value, checked and built as the command
+does (without training); eval, predict and export run on a tiny checkpoint made first.
 
     python scripts/options_reference.py [--check]    # --check: exit 1 when docs/options.md is not up to date
 """
@@ -13,6 +12,7 @@ name, a Trainer argument), and the page says so.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -227,6 +227,61 @@ def probe(group: str | None, preset: str | None, key: str, default: str) -> str:
     return ""
 
 
+def probe_command(command: str, key: str, default: str, ckpt: Path, images: Path) -> str:
+    """What transferlab-eval, -predict or -export answers ``key`` set to a value of the wrong kind, run on a tiny
+    checkpoint (and, for predict, a folder of two images); "" where it accepts it."""
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from transferlab.errors import ConfigError
+    from transferlab.eval import evaluate
+    from transferlab.export import export
+    from transferlab.predict import predict
+
+    task = {"eval": evaluate, "predict": predict, "export": export}[command]
+    given = [f"ckpt_path={ckpt}", *([f"input={images}"] if command == "predict" else [])]
+    given += ["trainer.accelerator=cpu"] if command != "export" else []
+    wrong = wrong_value(default)
+    GlobalHydra.instance().clear()
+    here = os.getcwd()
+    try:
+        os.chdir(tempfile.mkdtemp(prefix="transferlab-options-"))  # what it writes at a relative path lands there
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            cfg = compose(command, overrides=[*given, "paths.output_dir=run", f"++{key}={wrong}"])
+        task(cfg)
+    except ConfigError as e:
+        return f"`{wrong}`: {e}"
+    except Exception as e:  # not one line naming the option: a defect to fix, shown as such
+        return f"`{wrong}`: UNCHECKED {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    finally:
+        os.chdir(here)
+    return ""
+
+
+def tiny_checkpoint() -> tuple[Path, Path]:
+    """A 1-epoch tiny run's best checkpoint and a folder of two digit images: what the command probes run on."""
+    import tempfile
+
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from PIL import Image
+
+    from transferlab.train import train
+
+    root = Path(tempfile.mkdtemp(prefix="transferlab-options-"))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY, "test=false", f"paths.output_dir={root / 'run'}"])
+    summary = train(cfg)
+    (root / "images").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 100 * i, np.uint8)).save(root / "images" / f"{i}.png")
+    return Path(summary["checkpoints"]["best"]), root / "images"
+
+
 def table(options: list[Option], prefix: str, errors: dict[str, str] | None) -> list[str]:
     head = "| option | default | type | meaning |" + (" wrong value → error |" if errors is not None else "")
     rule = "|---|---|---|---|" + ("---|" if errors is not None else "")
@@ -252,15 +307,19 @@ def generate(probe_errors: bool = True) -> str:
         "Generated from conf/ by `python scripts/options_reference.py`; a test fails when this page is out of date",
         "or an option has no meaning written beside it. Set any option on the command line as `key=value`",
         "(`group=preset` picks a preset; `+group=preset` adds one of the groups that are not in the defaults).",
-        "For transferlab-train, the last column is what the command answers (exit status 2, before any work) when",
-        "the option gets a value of the wrong kind.",
+        "The last column is what the command answers (exit status 2, one line) when the option gets a value of the",
+        'wrong kind: `bogus`, `-1`, `maybe`; "accepted as given" where any value of that kind is taken.',
         "",
     ]
+    made = tiny_checkpoint() if probe_errors else None
     for command in COMMANDS:
         header, options = parse(CONF / f"{command}.yaml")
         out += [f"## transferlab-{command}", "", header, ""]
-        errors = {o.key: probe(None, None, o.key, o.default) for o in options if o.default} if (
-            probe_errors and command == "train") else None  # fmt: skip
+        errors = None
+        if made and command == "train":
+            errors = {o.key: probe(None, None, o.key, o.default) for o in options if o.default}
+        elif made:
+            errors = {o.key: probe_command(command, o.key, o.default, *made) for o in options if o.default}
         out += [*table(options, "", errors), ""]
     for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name not in SKIP_GROUPS):
         out += [f"## {group.name}", ""]

@@ -137,6 +137,15 @@ def test_predict_errors(trained_run, tmp_path):
         predict(_predict_cfg(trained_run, tmp_path, f"input={tmp_path}/nowhere", run="r4"))
     with pytest.raises(ConfigError, match=r"^bad_files=maybe: choose one of skip, error$"):
         predict(_predict_cfg(trained_run, tmp_path, "bad_files=maybe", run="r5"))
+    _digit_pngs(tmp_path / "one", count=1)
+    for i, (override, message) in enumerate([
+        ("batch_size=0", r"^batch_size=0: use a whole number >= 1"),
+        ("num_workers=-1", r"^num_workers=-1: use a whole number >= 0"),
+        ("overwrite=maybe", r"^overwrite=maybe: use true or false$"),  # not read as true
+        ("trainer.accelerator=bogus", r"^trainer: pytorch_lightning.Trainer refused its options \(.*accelerator"),
+    ]):  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            predict(_predict_cfg(trained_run, tmp_path, override, f"input={tmp_path}/one", run=f"r6{i}"))
     assert not list(tmp_path.glob("r*/predictions.csv"))
     failed = read_summary(tmp_path / "r5")  # each folder says how its run ended
     assert failed["status"] == "failed" and failed["error"].startswith("ConfigError: bad_files=maybe")

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from transferlab.errors import ConfigError, Interrupted, RunFailed
+from transferlab.errors import ConfigError, Interrupted, RunFailed, check_bool
 
 log = logging.getLogger("transferlab")
 
@@ -200,6 +200,7 @@ def run_job(task: str, cfg, work: Callable, *given: str) -> dict:
     ``work`` returns. Returns that summary."""
     from transferlab.run_folder import claim, locked, recorded
 
+    check_bool("overwrite", cfg.get("overwrite", False))
     run_dir = Path(cfg.paths.output_dir)
     summary = job_summary(task, cfg, *given)
     claim(run_dir, task, resuming=False, overwrite=bool(cfg.get("overwrite")))

@@ -52,19 +52,26 @@ def checkpoint_data(module, changes: dict[str, Any], run_dir: str | Path):
 def inference_trainer(trainer: DictConfig, run_dir: str | Path):
     """A Trainer from the ``trainer.`` keyword arguments that only runs a model: no logger, checkpoints or bars."""
     import pytorch_lightning as pl
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
 
+    from transferlab.cli import first_line
     from transferlab.config import check_accelerator
 
     check_accelerator(str(trainer.get("accelerator")))
     kwargs: dict[str, Any] = OmegaConf.to_container(trainer, resolve=True)  # type: ignore[assignment]
-    return pl.Trainer(
-        **kwargs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(run_dir),
-    )
+    try:
+        return pl.Trainer(
+            **kwargs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=str(run_dir),
+        )
+    except (TypeError, ValueError, MisconfigurationException) as e:
+        raise ConfigError(
+            f"trainer: pytorch_lightning.Trainer refused its options ({first_line(e)}); check the trainer. options"
+        ) from None
 
 
 def image_paths(folder: str, policy: str, run_dir: str | Path) -> list[Path]:

@@ -39,6 +39,10 @@ def predict(cfg: DictConfig) -> Path:
 def _predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.bad_files not in BAD_FILE_POLICIES:
         raise ConfigError(f"bad_files={cfg.bad_files}: choose one of {', '.join(BAD_FILE_POLICIES)}")
+    for option, least in (("batch_size", 1), ("num_workers", 0)):
+        value = cfg[option]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{option}={value}: use a whole number >= {least}, e.g. {option}={least}")
     if cfg.model and not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.ckpt_path:
         raise ConfigError(f"model={cfg.model}: give ckpt_path (a checkpoint) or model (an export), not both")
     model_path = str(cfg.model) if cfg.model else checkpoint_path(cfg, "transferlab-predict")
