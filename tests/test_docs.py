@@ -43,3 +43,15 @@ def test_the_architecture_page_names_modules_that_exist_and_import():
     assert set(on_disk) - named == set(), "modules the page does not name"
     for stem in sorted(named):
         importlib.import_module("transferlab." + ".".join(on_disk[stem].parts))
+
+
+def test_every_relative_link_of_the_readme_and_docs_leads_to_a_file():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks/README.md"]
+    broken = [
+        (page.name, link)
+        for page in pages
+        for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text())
+        if not link.startswith("http") and not (page.parent / link).exists()
+    ]
+    assert broken == []
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200  # a guide, the rest linked
