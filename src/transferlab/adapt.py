@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, is_number
 from transferlab.optim import ParamGroup, no_weight_decay, split_by_decay
 from transferlab.validators import entropy, information_maximisation
 
@@ -55,12 +55,11 @@ def check_options(options: dict[str, Any]) -> None:
         positive = option in ("discriminator_lr_mult", "temperature")
         # A loss weight far above the classifier's own (1) drowns it: training quietly stops learning the task.
         weight = option.endswith("_weight")
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not number or value < 0 or (positive and value == 0) or (weight and value > MAX_LOSS_WEIGHT):
+        if not is_number(value) or value < 0 or (positive and value == 0) or (weight and value > MAX_LOSS_WEIGHT):
             bound = "> 0" if positive else f"in [0, {MAX_LOSS_WEIGHT}]" if weight else ">= 0"
             raise ConfigError(f"adapt.{option}={value}: use a number {bound}, e.g. adapt.{option}={example}")
     hidden = options.get("discriminator_hidden", 1024)
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+    if not is_number(hidden, whole=True) or hidden < 1:
         raise ConfigError(f"adapt.discriminator_hidden={hidden}: use a whole number >= 1, e.g. 1024")
     source_ckpt = options.get("source_ckpt")
     if options.get("im_weight") and source_ckpt is None:  # SHOT's loss alone would collapse a model being taught

@@ -1,5 +1,6 @@
 """The exception types the entry points turn into one line and an exit status."""
 
+import math
 import signal
 
 
@@ -8,6 +9,12 @@ class ConfigError(ValueError):
 
     Entry points print it as ``error: <message>`` and exit with status 2, without a traceback.
     """
+
+
+def is_number(value: object, whole: bool = False) -> bool:
+    """A finite number (a whole one with ``whole``): not a bool, a string or NaN."""
+    kinds = (int,) if whole else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)  # type: ignore[arg-type]
 
 
 def check_bool(option: str, value: object, allow_none: bool = False) -> None:

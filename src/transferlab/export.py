@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from transferlab.cli import cli_main, conf_dir, first_line, run_job, run_task
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, is_number
 from transferlab.exported import FORMATS, info_path, input_names, load_exported, tokenizer_path
 from transferlab.run_folder import versions
 
@@ -74,7 +73,7 @@ def _export(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt}: choose one of {', '.join(FORMATS)}")
     atol = cfg.atol
-    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not math.isfinite(atol) or atol <= 0:
+    if not is_number(atol) or atol <= 0:
         raise ConfigError(f"atol={atol}: use a number > 0, e.g. atol=1e-4")
     ckpt_path = checkpoint_path(cfg, "transferlab-export")
     output = _output(cfg, fmt, run_dir, ckpt_path)

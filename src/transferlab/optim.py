@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, is_number
 from transferlab.layer_groups import LayerGroup
 
 
@@ -89,7 +89,7 @@ def warmup_cosine(
     """Linear warmup then cosine decay to ``min_lr_ratio`` x each group's own lr, stepped per optimizer step."""
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ConfigError(f"lr_scheduler.warmup_steps={warmup_steps}: use a whole number >= 0, e.g. 100")
-    if not _number(min_lr_ratio) or not 0 <= min_lr_ratio <= 1:
+    if not is_number(min_lr_ratio) or not 0 <= min_lr_ratio <= 1:
         raise ConfigError(f"lr_scheduler.min_lr_ratio={min_lr_ratio}: use a number in [0, 1], e.g. 0.01")
     if warmup_steps >= total_steps > 1:
         raise ConfigError(
@@ -111,18 +111,14 @@ def multistep(
 ) -> LambdaLR:
     """Multiply each group's lr by ``gamma`` at each milestone, given as a fraction of all optimizer steps."""
     fractions = list(milestones) if isinstance(milestones, Sequence) and not isinstance(milestones, str) else None
-    if not fractions or not all(_number(m) and 0 < m < 1 for m in fractions) or fractions != sorted(fractions):
+    if not fractions or not all(is_number(m) and 0 < m < 1 for m in fractions) or fractions != sorted(fractions):
         raise ConfigError(
             f"lr_scheduler.milestones={milestones}: use increasing fractions of the run in (0, 1), e.g. [0.5,0.75]"
         )
-    if not _number(gamma) or gamma <= 0:
+    if not is_number(gamma) or gamma <= 0:
         raise ConfigError(f"lr_scheduler.gamma={gamma}: use a number > 0, e.g. 0.1")
     steps = [int(m * total_steps) for m in milestones]
     return LambdaLR(optimizer, lambda step: gamma ** sum(step >= s for s in steps))
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 LrSchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]

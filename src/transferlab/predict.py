@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab.cli import cli_main, conf_dir, run_job, run_task
 from transferlab.data.images import BAD_FILE_POLICIES
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, is_number
 from transferlab.inference import checkpoint_path, image_paths, inference_trainer
 from transferlab.run_folder import write_atomic
 
@@ -41,7 +41,7 @@ def _predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"bad_files={cfg.bad_files}: choose one of {', '.join(BAD_FILE_POLICIES)}")
     for option, least in (("batch_size", 1), ("num_workers", 0)):
         value = cfg[option]
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        if not is_number(value, whole=True) or value < least:
             raise ConfigError(f"{option}={value}: use a whole number >= {least}, e.g. {option}={least}")
     if cfg.model and not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.ckpt_path:
         raise ConfigError(f"model={cfg.model}: give ckpt_path (a checkpoint) or model (an export), not both")

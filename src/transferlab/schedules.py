@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, is_number
 from transferlab.layer_groups import LayerGroup
 
 BN_MODES = ("train", "frozen_stats", "frozen", "affine_only")
@@ -51,13 +51,13 @@ class Phase:
             value = getattr(self, option)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ConfigError(f"schedule.{option}={value}: must be > 0; freeze with freeze_depth")
-        if self.layer_decay is not None and not (_number(self.layer_decay) and 0 < self.layer_decay <= 1):
+        if self.layer_decay is not None and not (is_number(self.layer_decay) and 0 < self.layer_decay <= 1):
             raise ConfigError(f"schedule.layer_decay={self.layer_decay}: use a number in (0, 1], e.g. 0.65")
-        if not (_number(self.min_lr_scale) and self.min_lr_scale >= 0):
+        if not (is_number(self.min_lr_scale) and self.min_lr_scale >= 0):
             raise ConfigError(f"schedule.min_lr_scale={self.min_lr_scale}: use a number >= 0, e.g. 0.0")
-        if self.freeze_below is not None and not (_number(self.freeze_below) and self.freeze_below >= 0):
+        if self.freeze_below is not None and not (is_number(self.freeze_below) and self.freeze_below >= 0):
             raise ConfigError(f"schedule.freeze_below={self.freeze_below}: use a number >= 0 or null, e.g. 1e-3")
-        if self.epochs is not None and not (_number(self.epochs, whole=True) and self.epochs >= 1):
+        if self.epochs is not None and not (is_number(self.epochs, whole=True) and self.epochs >= 1):
             raise ConfigError(f"schedule.phases: a phase lasts at least 1 epoch, not {self.epochs}")
         if self.probe not in PROBES:
             raise ConfigError(f"schedule.probe={self.probe}: choose one of {', '.join(PROBES)}")
@@ -224,9 +224,3 @@ def check_options(options: Mapping[str, Any]) -> None:
     Phase(**{k: v for k, v in options.items() if k in names})
     if options.get("probe", "sgd") not in PROBES:
         raise ConfigError(f"schedule.probe={options['probe']}: choose one of {', '.join(PROBES)}")
-
-
-def _number(value: Any, whole: bool = False) -> bool:
-    """A finite number (a whole one with ``whole``), not a bool or a string."""
-    kinds = (int,) if whole else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)

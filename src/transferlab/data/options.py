@@ -3,13 +3,12 @@ anything is built. Each message names the option, the value and the fix."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from transferlab.data.images import BAD_FILE_POLICIES
 from transferlab.data.transforms import AUGMENT_PRESETS
-from transferlab.errors import ConfigError, check_bool
+from transferlab.errors import ConfigError, check_bool, is_number
 
 SOURCES = ("digits", "digits_m", "folder", "text")
 TARGET_SOURCES = ("folder", "digits_m")
@@ -99,12 +98,12 @@ def _whole(option: str, value: Any, minimum: int, example: str) -> None:
     """None (unset) passes; anything else must be a whole number >= minimum."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_number(value, whole=True) or value < minimum:
         raise ConfigError(f"data.{option}={value} must be >= {minimum} (a whole number), e.g. data.{option}={example}")
 
 
 def _fraction(option: str, value: Any, low_open: bool, high_open: bool, example: float) -> float:
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    number = is_number(value)
     above = number and (value > 0 if low_open else value >= 0)
     below = number and (value < 1 if high_open else value <= 1)
     if not (above and below):

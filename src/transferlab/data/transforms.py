@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, is_number
 
 AUGMENT_PRESETS = ("none", "light", "strong")
 
@@ -41,7 +40,7 @@ def resolve_data_config(
             config[name] = value
         # Hydra hands over ListConfig and timm hands over tuples: normalise to tuples of floats.
         values = config[name] if isinstance(config[name], Sequence) and not isinstance(config[name], str) else [None]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        if not all(is_number(v) for v in values):
             raise ConfigError(f"data.{name}={config[name]} must be 3 numbers (R,G,B), e.g. [0.5,0.5,0.5]")
         config[name] = tuple(float(v) for v in values)
         if len(config[name]) != 3:
