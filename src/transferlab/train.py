@@ -166,7 +166,7 @@ def _fit_and_test(cfg, run_dir: Path, trainer, parts: dict[str, Any], history, l
         wanted = list(cfg.get("test_best_by") or [])
         # Read before testing: a test restores the callbacks' state as the tested checkpoint saved it.
         chosen = {
-            c.monitor: ((_best_row(rows, c.monitor, c.mode) or {}).get("epoch"), c.best_model_path)
+            c.monitor: ((_best_row(rows, c.monitor, c.mode) or {}).get("epoch"), c.best_model_path or None)
             for c in trainer.checkpoint_callbacks
             if c.monitor in wanted and c.monitor != cfg.monitor
         }
