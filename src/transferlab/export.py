@@ -126,9 +126,9 @@ def _parity_inputs(cfg: DictConfig, module, run_dir: Path):
     """(what they are, a dataset): the inputs ``input`` names, read as transferlab-predict reads them, or else
     the checkpoint's val split."""
     if cfg.input:
-        from transferlab.predict import INPUTS
+        from transferlab.inference import input_dataset
 
-        _, dataset = INPUTS[module.inputs.kind](cfg, module.inputs, run_dir)
+        _, dataset = input_dataset(cfg, module.inputs, run_dir)
         return str(cfg.input), dataset
     from transferlab.inference import checkpoint_data
 

@@ -1,4 +1,5 @@
-"""What eval and predict share: the checkpoint they read, the images they label and the Trainer that runs them."""
+"""What eval, predict and export share: the checkpoint they read, its data, the inputs they label and the Trainer
+that runs them."""
 
 from __future__ import annotations
 
@@ -91,3 +92,22 @@ def image_paths(folder: str, policy: str, run_dir: str | Path) -> list[Path]:
         note = f"; {len(bad)} unreadable file(s) skipped" if bad else ""
         raise ConfigError(f"input={folder}: no image files ({', '.join(IMG_EXTENSIONS)}) found{note}")
     return paths
+
+
+def input_dataset(cfg: DictConfig, inputs, run_dir: str | Path) -> tuple[list[str], Any]:
+    """(names, an unlabelled dataset) of what ``cfg.input`` holds, prepared by ``inputs`` as for evaluation: the
+    readable images under a folder (``bad_files``), sorted, named by path; or the texts of a file or folder
+    (``text_column``), in order, named by row."""
+    import numpy as np
+
+    from transferlab.data.sources import LabeledImages, Split
+
+    if inputs.kind == "text":
+        from transferlab.data.texts import LabeledTexts, read_inputs
+
+        rows, texts = read_inputs(str(cfg.input), str(cfg.text_column))
+        return rows, LabeledTexts(Split(texts, np.zeros(len(texts), dtype=np.int64)), inputs.transform("none", False))
+    paths = image_paths(cfg.input, cfg.bad_files, run_dir)
+    # LabeledImages loads each file as RGB (palette GIFs too) as training did; the labels are placeholders.
+    labels = np.zeros(len(paths), dtype=np.int64)
+    return [str(p) for p in paths], LabeledImages(Split(paths, labels), inputs.transform("none", train=False))

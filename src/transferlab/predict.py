@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from transferlab.cli import cli_main, conf_dir, run_job, run_task
 from transferlab.data.images import BAD_FILE_POLICIES
 from transferlab.errors import ConfigError, is_number
-from transferlab.inference import checkpoint_path, image_paths, inference_trainer
+from transferlab.inference import checkpoint_path, inference_trainer, input_dataset
 from transferlab.run_folder import write_atomic
 
 log = logging.getLogger("transferlab")
@@ -77,7 +77,7 @@ def _predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from transferlab.module import load_module
 
         model = load_module(model_path)
-    names, dataset = INPUTS[model.inputs.kind](cfg, model.inputs, run_dir)
+    names, dataset = input_dataset(cfg, model.inputs, run_dir)
     loader = DataLoader(
         dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), collate_fn=model.inputs.collate
     )
@@ -98,29 +98,6 @@ def _predict(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"n": len(names), "output": str(output), "class_names": model.class_names}
 
 
-def _images(cfg: DictConfig, inputs, run_dir: Path):
-    import numpy as np
-
-    from transferlab.data.sources import LabeledImages, Split
-
-    paths = image_paths(cfg.input, cfg.bad_files, run_dir)
-    # LabeledImages loads each file as RGB (palette GIFs too) as training did; the labels are placeholders.
-    labels = np.zeros(len(paths), dtype=np.int64)
-    return [str(p) for p in paths], LabeledImages(Split(paths, labels), inputs.transform("none", train=False))
-
-
-def _texts(cfg: DictConfig, inputs, run_dir: Path):
-    import numpy as np
-
-    from transferlab.data.sources import Split
-    from transferlab.data.texts import LabeledTexts, read_inputs
-
-    rows, texts = read_inputs(str(cfg.input), str(cfg.text_column))
-    labels = np.zeros(len(texts), dtype=np.int64)
-    return rows, LabeledTexts(Split(texts, labels), inputs.transform("none", train=False))
-
-
-INPUTS = {"image": _images, "text": _texts}  # a backbone's input kind -> what predict reads for it
 COLUMNS = {"image": ("path", "class", "probability"), "text": ("row", "class", "probability")}
 
 
