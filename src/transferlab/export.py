@@ -93,7 +93,7 @@ def _export(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         _write_beside(staged, info, module)
         parity = _parity(serving, load_exported(staged, option="output"), module, dataset, float(atol), fmt)
         info["parity"] = {**parity, "inputs": inputs_from}
-        _write_beside(staged, info, module)
+        _write_info(staged, info)
         files = [p.name for p in sorted(staging.iterdir())]
         for name in files:  # the JSON last: a reader that finds it finds the model whole
             if name != info_path(output).name:
@@ -273,9 +273,14 @@ def _versions(fmt: str) -> dict[str, str]:
 
 
 def _write_beside(model: Path, info: dict[str, Any], module) -> None:
-    info_path(model).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    """The JSON beside ``model`` and, for a text model, its tokenizer."""
+    _write_info(model, info)
     if module.inputs.kind == "text":
         tokenizer_path(model).write_text(module.inputs.tokenizer_json)
+
+
+def _write_info(model: Path, info: dict[str, Any]) -> None:
+    info_path(model).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
 def _parity(serving: Serving, exported, module, dataset, atol: float, fmt: str) -> dict[str, Any]:

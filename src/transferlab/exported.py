@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from transferlab.backbones import Inputs, inputs_from_state
+from transferlab.cli import first_line
 from transferlab.errors import ConfigError
 
 FORMATS = {"onnx": ".onnx", "torch_export": ".pt2"}  # format -> the file's suffix
@@ -84,7 +85,7 @@ def _onnx_runner(path: Path, option: str) -> Callable[[dict[str, Any]], torch.Te
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-        raise ConfigError(f"{option}={path}: onnxruntime cannot load it ({_first_line(e)})") from None
+        raise ConfigError(f"{option}={path}: onnxruntime cannot load it ({first_line(e)})") from None
 
     def run(named: dict[str, Any]) -> torch.Tensor:
         feeds = {name: value.cpu().numpy() for name, value in named.items()}
@@ -97,16 +98,10 @@ def _torch_export_runner(path: Path, option: str) -> Callable[[dict[str, Any]], 
     try:
         program = torch.export.load(str(path)).module()
     except Exception as e:
-        raise ConfigError(f"{option}={path}: torch.export.load cannot read it ({_first_line(e)})") from None
+        raise ConfigError(f"{option}={path}: torch.export.load cannot read it ({first_line(e)})") from None
 
     def run(named: dict[str, Any]) -> torch.Tensor:
         with torch.no_grad():
             return program(*named.values())
 
     return run
-
-
-def _first_line(error: BaseException) -> str:
-    from transferlab.cli import first_line
-
-    return first_line(error)
