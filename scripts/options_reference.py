@@ -6,7 +6,7 @@ argument of) and the one-line error a value of the wrong kind (``bogus``, ``-1``
 transferlab-train the config is composed with the option's preset and that value, checked and built as the command
 does (without training); eval, predict and export run on a tiny checkpoint made first.
 
-    python scripts/options_reference.py [--check]    # --check: exit 1 when docs/options.md is not up to date
+    python scripts/options_reference.py    # tests/test_docs.py checks the committed page against conf/
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,20 +192,18 @@ def probe(group: str | None, preset: str | None, key: str, default: str) -> str:
     "" where both accept it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     from transferlab.cli import instantiate
     from transferlab.config import validate
-    from transferlab.errors import ConfigError
-    from transferlab.train import _build, trainer_config
+    from transferlab.train import _build, check_metrics, trainer_config
 
     overrides = list(TINY) if group != "backbone" or preset == "timm" else TINY[1:]
     if group:
         overrides += [f"{group}={preset}", *NEEDS.get(group, []), *NEEDS.get(f"{group}/{preset}", [])]
     wrong = wrong_value(default)
-    GlobalHydra.instance().clear()
-    try:
+
+    def attempt() -> str:
+        GlobalHydra.instance().clear()
         with initialize_config_dir(str(CONF), version_base="1.3"):
             cfg = compose("train", overrides=[*overrides, f"++{key}={wrong}"])
         validate(cfg)
@@ -215,16 +213,10 @@ def probe(group: str | None, preset: str | None, key: str, default: str) -> str:
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
         instantiate(trainer_config(cfg), callbacks=callbacks, logger=loggers or False)
-        metrics = parts["module"].metric_names()
-        if cfg.monitor not in metrics:
-            raise ConfigError(f"monitor={cfg.monitor}: no step logs it; choose one of {', '.join(metrics)}")
-    except ConfigError as e:
-        return f"`{wrong}`: {e}"
-    except (HydraException, OmegaConfBaseException) as e:
-        return f"`{wrong}`: {str(e).splitlines()[0]}"
-    except Exception as e:  # not one line naming the option: a defect to fix, shown as such
-        return f"`{wrong}`: UNCHECKED {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    return ""
+        check_metrics(cfg, parts["module"])
+        return ""
+
+    return _answer(wrong, attempt)
 
 
 def probe_command(command: str, key: str, default: str, ckpt: Path, images: Path) -> str:
@@ -235,7 +227,6 @@ def probe_command(command: str, key: str, default: str, ckpt: Path, images: Path
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from transferlab.errors import ConfigError
     from transferlab.eval import evaluate
     from transferlab.export import export
     from transferlab.predict import predict
@@ -244,20 +235,38 @@ def probe_command(command: str, key: str, default: str, ckpt: Path, images: Path
     given = [f"ckpt_path={ckpt}", *([f"input={images}"] if command == "predict" else [])]
     given += ["trainer.accelerator=cpu"] if command != "export" else []
     wrong = wrong_value(default)
-    GlobalHydra.instance().clear()
-    here = os.getcwd()
-    try:
-        os.chdir(tempfile.mkdtemp(prefix="transferlab-options-"))  # what it writes at a relative path lands there
+
+    def attempt() -> str:
+        GlobalHydra.instance().clear()
         with initialize_config_dir(str(CONF), version_base="1.3"):
             cfg = compose(command, overrides=[*given, "paths.output_dir=run", f"++{key}={wrong}"])
         task(cfg)
-    except ConfigError as e:
-        return f"`{wrong}`: {e}"
-    except Exception as e:  # not one line naming the option: a defect to fix, shown as such
-        return f"`{wrong}`: UNCHECKED {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return ""
+
+    here = os.getcwd()
+    os.chdir(tempfile.mkdtemp(prefix="transferlab-options-"))  # what it writes at a relative path lands there
+    try:
+        return _answer(wrong, attempt)
     finally:
         os.chdir(here)
-    return ""
+
+
+def _answer(wrong: str, attempt: Callable[[], str]) -> str:
+    """``attempt()``'s own answer, or the one-line error it raised for the ``wrong`` value; an error that is not
+    one line naming the option is a defect to fix, marked UNCHECKED."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from transferlab.errors import ConfigError
+
+    try:
+        return attempt()
+    except ConfigError as e:
+        return f"`{wrong}`: {e}"
+    except (HydraException, OmegaConfBaseException) as e:
+        return f"`{wrong}`: {str(e).splitlines()[0]}"
+    except Exception as e:
+        return f"`{wrong}`: UNCHECKED {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def tiny_checkpoint() -> tuple[Path, Path]:
@@ -350,12 +359,8 @@ def undocumented() -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 when docs/options.md is out of date")
-    args = parser.parse_args()
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     text = generate()
-    if args.check:
-        sys.exit(0 if OUTPUT.is_file() and OUTPUT.read_text() == text else 1)
     OUTPUT.parent.mkdir(exist_ok=True)
     OUTPUT.write_text(text)
     print(f"wrote {OUTPUT}")

@@ -48,10 +48,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     parts = _build(cfg)
     module = parts["module"]
-    for option, metric in [("monitor", cfg.monitor), *(("test_best_by", m) for m in cfg.get("test_best_by") or [])]:
-        if metric not in module.metric_names():
-            names = ", ".join(module.metric_names())
-            raise ConfigError(f"{option}={metric}: no step logs it; choose one of {names}")
+    check_metrics(cfg, module)
     history = EpochHistory(run_dir)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
@@ -70,6 +67,14 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return out
     finally:
         finish_loggers(loggers, failed)
+
+
+def check_metrics(cfg: DictConfig, module) -> None:
+    """``monitor`` and ``test_best_by`` name metrics that ``module`` logs."""
+    for option, metric in [("monitor", cfg.monitor), *(("test_best_by", m) for m in cfg.get("test_best_by") or [])]:
+        if metric not in module.metric_names():
+            names = ", ".join(module.metric_names())
+            raise ConfigError(f"{option}={metric}: no step logs it; choose one of {names}")
 
 
 def _build(cfg: DictConfig) -> dict[str, Any]:
