@@ -30,7 +30,7 @@ from pathlib import Path
 from statistics import mean
 
 from adaptation_setting import digits_pair
-from schedules import _lite0_weights, arguments, run
+from schedules import _lite0_weights, arguments, provenance, run
 
 ARMS = {
     "source only": ["adapt=none"],
@@ -180,7 +180,7 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     out = {
-        "provenance": provenance(),
+        "provenance": provenance("benchmarks/adaptation.py"),
         "setting": setting,
         "protocol": "target test accuracy; the checkpoint chosen by each selection; mean and sample std over seeds",
         "pairs": results,
@@ -190,30 +190,6 @@ def main() -> None:
     (args.out / "adaptation.md").write_text(report + "\n")
     plot(results, args.out / "adaptation.png")
     print(f"\n{report}\n\n{time.perf_counter() - start:.0f} s")
-
-
-def provenance() -> dict:
-    """The commit and machine the figures come from (runs reused from an earlier commit keep their figures)."""
-    import os
-    import platform
-    import subprocess
-
-    import torch
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    return {
-        "script": "benchmarks/adaptation.py",
-        "commit": git("rev-parse", "--short", "HEAD")
-        + (" (uncommitted changes)" if git("status", "--porcelain", "src") else ""),
-        "machine": f"{os.cpu_count()} cores of {cpu or platform.processor()}, no GPU"
-        if not torch.cuda.is_available()
-        else torch.cuda.get_device_name(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 def _cell(values: list[float]) -> str:

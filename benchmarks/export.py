@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from adaptation import provenance
-from schedules import arguments, run, settings
+from schedules import arguments, provenance, run, settings
 from text import base as text_base
 
 from transferlab.cli import conf_dir
@@ -128,11 +127,13 @@ def main() -> None:
             for i, (name, ckpt) in enumerate(ckpts.items())}  # fmt: skip
     for row in rows.values():
         for fmt in ("onnx", "torch_export"):
-            assert row[fmt]["val_acc"] == row["pytorch"]["val_acc"], row  # the export gives the checkpoint's accuracy exactly
+            assert row[fmt]["val_acc"] == row["pytorch"]["val_acc"], (
+                row
+            )  # the export gives the checkpoint's accuracy exactly
     report = markdown(rows)
     import onnxruntime
 
-    result = {"provenance": {**provenance(), "script": "benchmarks/export.py", "threads": torch.get_num_threads(),
+    result = {"provenance": {**provenance("benchmarks/export.py"), "threads": torch.get_num_threads(),
                              "onnxruntime": onnxruntime.__version__}, "models": rows}  # fmt: skip
     (args.out / "export.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "export.md").write_text(report + "\n")

@@ -193,6 +193,30 @@ def main() -> None:
         print(f"{setting}: best {best} {statistics.mean(rows[best]) / scratch:.2f}x scratch accuracy")
 
 
+def provenance(script: str) -> dict:
+    """The commit and machine the figures come from (runs reused from an earlier commit keep their figures)."""
+    import os
+    import platform
+    import subprocess
+
+    import torch
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    return {
+        "script": script,
+        "commit": git("rev-parse", "--short", "HEAD")
+        + (" (uncommitted changes)" if git("status", "--porcelain", "src") else ""),
+        "machine": f"{os.cpu_count()} cores of {cpu or platform.processor()}, no GPU"
+        if not torch.cuda.is_available()
+        else torch.cuda.get_device_name(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
 def markdown(results: dict[str, dict[str, list[float]]], names: list[str], row_title: str) -> str:
     """Rows ``names``, a column per setting, mean ± std over seeds."""
     settings_ = list(results)
