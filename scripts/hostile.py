@@ -179,6 +179,13 @@ def cases(work: Path, ckpt: Path, done: Path, sweep: Path, predicted: Path) -> l
         ["backbone=custom", "backbone.name=null", "backbone.model._target_=torchvision.models.resnett18"],
     ):  # fmt: skip
         c.append(Case(f"train {' '.join(args)}", "transferlab-train", [*TINY, *args]))
+    # No source data (data=source_free): only a source-free run, chosen by a target metric, of the same model.
+    no_source = ["data=source_free", "data.input_size=null", "data.target.source=digits_m"]
+    shot = ["adapt=shot", "adapt.source_ckpt=<ckpt>", *no_source]
+    for args in (no_source, shot, [*shot, "monitor=target/im", "class_weights=balanced"],
+                 [*shot, "monitor=target/im", "head=mlp"]):  # fmt: skip
+        given = [a.replace("<ckpt>", str(ckpt)) for a in args]
+        c.append(Case(f"train {' '.join(args)}", "transferlab-train", [*TINY, *given]))
 
     def diverged(result: subprocess.CompletedProcess, case_dir: Path) -> str:
         if one_failed_line(result) and _status(case_dir / "run") == "failed":

@@ -23,6 +23,7 @@ from transferlab.data.digits import load_digits, load_digits_m
 from transferlab.data.sampling import CycleShuffle, EpochShuffle
 from transferlab.data.target import TargetData
 from transferlab.errors import ConfigError
+from transferlab.eval import evaluate
 from transferlab.module import load_module
 from transferlab.train import train
 from transferlab.validators import DIRECTIONS
@@ -413,3 +414,61 @@ def test_shot_resumes_to_the_same_weights(make_cfg, tmp_path):
     resumed = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+# No source data at all: the source checkpoint gives the classes and the input preparation.
+NO_SOURCE = ["data=source_free", "data.input_size=null", "data.target.source=digits_m", "monitor=target/im"]
+
+
+def test_shot_without_source_data_matches_the_run_that_names_it(make_cfg, tmp_path):
+    source = train(make_cfg(*DA, "head=mlp", "trainer.max_epochs=1", run="source"))
+    best = source["checkpoints"]["best"]
+    # No dropout: each val loader of the run that names the source draws a seed from the global RNG dropout reads.
+    shot = [*DA[:1], "head=mlp", "head.dropout=0", "adapt=shot", f"adapt.source_ckpt={best}", "trainer.max_epochs=2"]
+    shot.append("monitor=target/im")
+    named = train(make_cfg(*shot, "test=false", run="named"))
+    alone = train(make_cfg(*shot, *NO_SOURCE, "test_best_by=[target/acc]", run="alone"))
+    assert completed(alone) and alone["class_names"] == source["class_names"]
+    assert alone["split_sizes"] == {"train": 0, "val": 0, "test": 0}  # nothing of the source is read
+    assert alone["target"]["split_sizes"] == source["target"]["split_sizes"]
+    assert alone["weights_report"] == f"adapt.source_ckpt={best}: every model tensor"
+    # The source's input preparation (32 px), not the backbone's default, though data.input_size is unset.
+    shot_meta = torch.load(alone["checkpoints"]["last"], weights_only=True)["transferlab"]
+    assert shot_meta["inputs"] == torch.load(best, weights_only=True)["transferlab"]["inputs"]
+    # Source-free training reads target batches alone: without the source named, the same steps, the same weights.
+    ends = [torch.load(run["checkpoints"]["last"], weights_only=True)["state_dict"] for run in (named, alone)]
+    for key in ends[0]:
+        assert torch.equal(ends[0][key], ends[1][key]), key
+    rows = list(csv.DictReader(open(Path(alone["run_dir"]) / "metrics.csv")))
+    assert not any(k.startswith(("val/", "train/")) for k in rows[0]), list(rows[0])
+    assert alone["best_epoch"] == int(max(rows, key=lambda r: float(r["target/im"] or "-inf"))["epoch"])
+    # Its test is the labelled target's test split, the confusion matrix too.
+    assert set(alone["test"]) >= {"target/acc", "target/loss"} and "test/acc" not in alone["test"]
+    assert "target/acc" in alone["test_best_by"]["target/acc"]
+    assert (Path(alone["run_dir"]) / "confusion.png").is_file()
+    # eval needs data named (the run read none), and then scores the target's test split as the run did.
+    evaluate_cfg = [f"ckpt_path={alone['checkpoints']['best']}", "split=test", "trainer.accelerator=cpu"]
+    with pytest.raises(ConfigError, match=r"^data.source=none: no source data, so no class names; .*data.source="):
+        evaluate(make_cfg(*evaluate_cfg, run="eval_none", config_name="eval"))
+    scored = evaluate(make_cfg(*evaluate_cfg, "+data.source=digits_m", run="eval", config_name="eval"))
+    assert scored["metrics"]["test/acc"] == pytest.approx(alone["test"]["target/acc"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.source=none", "data.input_size=null"], r"^data.source=none: only a source-free run"),
+        (["adapt=shot", "data=source_free"], r"^data.input_size=32: applies to source data"),
+        (["adapt=shot", *NO_SOURCE, "monitor=val/acc"], r"^monitor=val/acc: data.source=none has no source split"),
+        (["adapt=shot", *NO_SOURCE, "test_best_by=[val/loss]"], r"^test_best_by=val/loss: data.source=none"),
+        (["adapt=shot", *NO_SOURCE, "class_weights=balanced"], r"^class_weights=balanced: weighs the labelled"),
+        (["adapt=shot", *NO_SOURCE, "+data.root=/x"], r"^data.root=/x: applies to source data"),
+    ],
+)
+def test_no_source_data_errors_are_one_line_before_anything_is_built(make_cfg, tmp_path, overrides, message):
+    from transferlab.config import validate
+
+    (tmp_path / "source.ckpt").write_bytes(b"")  # validate checks that the file exists, not what it holds
+    shot = [f"adapt.source_ckpt={tmp_path / 'source.ckpt'}"] if "adapt=shot" in overrides else []
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg(*overrides, *shot))

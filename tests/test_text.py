@@ -394,6 +394,19 @@ def test_domain_adaptation_to_unlabelled_texts(tiny_bert, tmp_path, form):
     assert "target/acc" not in summary["final"] and summary["final"]["target/snd"] > 0
 
 
+def test_shot_adapts_a_text_checkpoint_to_unlabelled_texts_without_source_data(tiny_bert, tmp_path):
+    base = _text_run(tiny_bert, tmp_path / "texts")
+    source = train(compose_config(*base, "trainer.max_epochs=1", f"paths.output_dir={tmp_path}/source"))
+    target = tmp_path / "target.jsonl"
+    target.write_text("".join(json.dumps({"text": t.upper()}) + "\n" for t, _ in _texts(30, seed=8)))
+    no_source = [o for o in base if not o.startswith("data")] + ["data=source_free", f"data.target.root={target}"]
+    shot = train(compose_config(*no_source, "adapt=shot", f"adapt.source_ckpt={source['checkpoints']['best']}",
+                                "monitor=target/im", "trainer.max_epochs=2", f"paths.output_dir={tmp_path}/shot"))  # fmt: skip
+    assert completed(shot) and shot["class_names"] == source["class_names"] and shot["inputs"] == source["inputs"]
+    assert shot["target"]["split_sizes"] == {"train": 30, "val": 30, "test": 0}
+    assert shot["split_sizes"] == {"train": 0, "val": 0, "test": 0} and shot["final"]["target/im"] > 0
+
+
 def test_an_unlabelled_text_target_without_its_text_column_is_one_line(tiny_bert, tmp_path):
     base = _text_run(tiny_bert, tmp_path / "texts")
     (tmp_path / "target.csv").write_text("body\nsome text\n")

@@ -30,6 +30,8 @@ class DomainAdaptationModule(TransferModule):
     BatchNorm statistics estimated on those batches (the target's training images, without augmentation).
     A source-free ``adaptation`` (SHOT) gets batches ``{"target": batch}`` alone and its loss only; the classifier's
     weights are read detached, so no gradient (nor weight decay, which skips parameters without one) moves them.
+    Without ``source_data`` (``data.source=none``) the target's are the only val and test loaders, and its test
+    fills the confusion matrix.
     """
 
     def __init__(
@@ -38,10 +40,13 @@ class DomainAdaptationModule(TransferModule):
         adaptation: DomainAdaptation | None = None,
         score_target: bool = False,
         target_batches: Callable[[], Iterable] | None = None,
+        source_data: bool = True,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.adaptation, self.score_target = adaptation, bool(score_target)
+        self.source_data = bool(source_data)
+        self.target_loader = 1 if source_data else 0  # the dataloader_idx of the target's val and test batches
         self.target_batches = target_batches
         self._statistics: contextlib.ExitStack | None = None
         self.target_validators = TargetValidators()
@@ -85,7 +90,7 @@ class DomainAdaptationModule(TransferModule):
         return torch.cat([-logits / 2, logits / 2], 1) if self.binary else logits
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        if dataloader_idx == 0:
+        if dataloader_idx != self.target_loader:
             return super().validation_step(batch, batch_idx)
         logits = self.logits(batch)
         if self.score_target:
@@ -100,14 +105,14 @@ class DomainAdaptationModule(TransferModule):
             self.log_dict(self.target_validators.compute(), sync_dist=True)  # equal on every rank: no warning
             self.target_validators.reset()
 
-    # AdaBN: the target's loader (dataloader_idx 1) runs after the source's, with the target's statistics.
+    # AdaBN: the target's loader runs after the source's, with the target's statistics.
     # Cached features (epochs whose backbone is frozen) were computed once: no BatchNorm runs on them.
     def on_validation_batch_start(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
-        if dataloader_idx == 1 and not isinstance(batch, FeatureBatch):
+        if dataloader_idx == self.target_loader and not isinstance(batch, FeatureBatch):
             self._target_statistics()
 
     def on_test_batch_start(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
-        if dataloader_idx == 1 and not isinstance(batch, FeatureBatch):
+        if dataloader_idx == self.target_loader and not isinstance(batch, FeatureBatch):
             self._target_statistics()
 
     def on_test_epoch_end(self) -> None:
@@ -130,9 +135,11 @@ class DomainAdaptationModule(TransferModule):
             self._statistics = None
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        if dataloader_idx == 0:
+        if dataloader_idx != self.target_loader:
             return super().test_step(batch, batch_idx)
-        self.score(self.logits(batch), batch.target, self.target_test_metrics, "target")
+        _, probs = self.score(self.logits(batch), batch.target, self.target_test_metrics, "target")
+        if not self.source_data:
+            self.confusion.update(probs.argmax(1), batch.target)
 
     def param_groups(self) -> list[ParamGroup]:
         """The model's groups, then the discriminator's, which no phase freezes or rescales."""
@@ -140,6 +147,8 @@ class DomainAdaptationModule(TransferModule):
         return [*super().param_groups(), *extra]
 
     def metric_names(self, stages=("train", "val")) -> list[str]:
+        if self.adaptation is not None and self.adaptation.source_free:
+            stages = ("val",) if self.source_data else ()  # no labelled source batch trains
         return [*super().metric_names((*stages, "target") if self.score_target else stages), *DIRECTIONS]
 
 
@@ -196,16 +205,15 @@ def build_adaptation(
     )
 
 
-def load_source_model(module: torch.nn.Module, ckpt_path: str) -> None:
-    """Start ``module`` from a source run's checkpoint (a source-free run): every model tensor, not the
+def load_source_model(module: torch.nn.Module, checkpoint: dict, ckpt_path: str) -> None:
+    """Start ``module`` from a source run's ``checkpoint`` (a source-free run): every model tensor, not the
     optimizer's state, nor a domain discriminator it trained with. One line if it is of another model."""
-    from transferlab.module import read_checkpoint
     from transferlab.resume import check_same_model
 
     def model_only(state: dict) -> dict:
         return {k: v for k, v in state.items() if not k.startswith("adaptation.")}
 
-    state = model_only(read_checkpoint(ckpt_path, option="adapt.source_ckpt").get("state_dict") or {})
+    state = model_only(checkpoint.get("state_dict") or {})
     fix = "give the checkpoint of a source run with this backbone, head and classes"
     check_same_model(state, model_only(module.state_dict()), f"adapt.source_ckpt={ckpt_path}", fix)
     module.load_state_dict(state, strict=False)

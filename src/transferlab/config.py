@@ -48,7 +48,8 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "schedule._target_") == "transferlab.schedules.preset":
         check_schedule(OmegaConf.to_container(cfg.schedule, resolve=True))
     if OmegaConf.select(cfg, "data._target_") == "transferlab.data.ClassificationDataModule":
-        check_data({**OmegaConf.to_container(cfg.data, resolve=True), "target_batches": bool(cfg.get("adapt"))})
+        adapt = {"target_batches": bool(cfg.get("adapt")), "source_ckpt": OmegaConf.select(cfg, "adapt.source_ckpt")}
+        check_data({**OmegaConf.to_container(cfg.data, resolve=True), **adapt})
     if OmegaConf.select(cfg, "adapt._target_") == "transferlab.adapt.DomainAdaptation":
         check_adapt({k: v for k, v in OmegaConf.to_container(cfg.adapt, resolve=True).items() if k[0] != "_"})
     if str(OmegaConf.select(cfg, "head._target_")).startswith("transferlab.heads."):
@@ -81,6 +82,18 @@ def validate(cfg: DictConfig) -> None:
     from transferlab.module import check_class_weights
 
     check_class_weights(cfg.get("class_weights"))
+    if OmegaConf.select(cfg, "data.source") == "none":  # the run's only data is the target's
+        if cfg.get("class_weights") is not None:
+            raise ConfigError(
+                f"class_weights={cfg.class_weights}: weighs the labelled source loss, and data.source=none has none; "
+                "remove it"
+            )
+        for option, metric in [("monitor", cfg.get("monitor")), *(("test_best_by", m) for m in selections or [])]:
+            if not str(metric).startswith("target/"):
+                raise ConfigError(
+                    f"{option}={metric}: data.source=none has no source split to score; choose by a target "
+                    "metric, e.g. monitor=target/im monitor_mode=max"
+                )
     smoothing = cfg.get("label_smoothing", 0.0)
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
         raise ConfigError(f"label_smoothing={smoothing}: use a number in [0, 1)")

@@ -159,6 +159,20 @@ class TransferModule(pl.LightningModule):
         return [f"{stage}/{name}" for stage in stages for name in names]
 
 
+def checkpoint_metadata(checkpoint: dict, ckpt_path: str, option: str = "ckpt_path") -> dict[str, Any]:
+    """What a transferlab checkpoint says of its model (backbone, head and data configs, class names, inputs)."""
+    meta = checkpoint.get("transferlab")
+    if not isinstance(meta, dict) or not {"backbone", "head", "class_names"} <= set(meta):
+        raise ConfigError(f"{option}={ckpt_path}: not a transferlab checkpoint (no 'transferlab' metadata)")
+    return meta
+
+
+def checkpoint_inputs(meta: dict[str, Any]) -> Inputs:
+    """How the checkpoint's model prepares its inputs (the backbone's, with its run's data options)."""
+    # Checkpoints from before the inputs interface saved an image data config alone.
+    return inputs_from_state(meta.get("inputs") or {"kind": "image", "data_config": meta["data_config"]})
+
+
 def read_checkpoint(ckpt_path: str, map_location: str = "cpu", mmap: bool = False, option: str = "ckpt_path") -> dict:
     """A checkpoint file as a dict, loaded with ``weights_only=True``; an unreadable one is a one-line ConfigError."""
     from transferlab.errors import ConfigError
@@ -217,19 +231,14 @@ def load_module(ckpt_path: str, map_location: str = "cpu") -> TransferModule:
     from transferlab.cli import instantiate
 
     checkpoint = read_checkpoint(ckpt_path, map_location)
-    meta = checkpoint.get("transferlab")
-    if not isinstance(meta, dict) or not {"backbone", "head", "class_names"} <= set(meta):
-        raise ConfigError(f"ckpt_path={ckpt_path}: not a transferlab checkpoint (no 'transferlab' metadata)")
+    meta = checkpoint_metadata(checkpoint, ckpt_path)
     backbone = instantiate({**meta["backbone"], "pretrained": False, "weights": None})
     head = instantiate(meta["head"])(in_features=backbone.num_features, num_classes=len(meta["class_names"]))
-    # Checkpoints from before the inputs interface saved an image data config alone.
-    state = meta.get("inputs") or {"kind": "image", "data_config": meta["data_config"]}
-    inputs = inputs_from_state(state)
     module = TransferModule(
         backbone,
         head,
         class_names=meta["class_names"],
-        inputs=inputs,
+        inputs=checkpoint_inputs(meta),
         class_weights=meta.get("class_weights"),
         metadata=meta,
     )

@@ -19,17 +19,18 @@ def pyplot():
 
 
 def plot_curves(run_dir: str | Path, history: list[dict[str, Any]]) -> Path:
-    """Loss and accuracy per epoch, train and val, side by side."""
+    """Loss and accuracy per epoch, train, val and a labelled target's val (those logged), side by side."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "acc")):
-        for stage in ("train", "val"):
+        for stage in ("train", "val", "target"):
             points = [(r["epoch"], r[f"{stage}/{metric}"]) for r in history if r.get(f"{stage}/{metric}") is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", label=stage)
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:  # a source-free run on an unlabelled target logs none of these
+            ax.legend()
     fig.tight_layout()
     path = Path(run_dir) / CURVES
     fig.savefig(path, dpi=100)

@@ -84,19 +84,29 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
     from transferlab.adapt_module import DomainAdaptationModule, build_adaptation, load_source_model
     from transferlab.data.target import TargetData, split_options
     from transferlab.feature_serving import FeatureServing
-    from transferlab.module import TransferModule, class_weights_for
+    from transferlab.module import TransferModule, checkpoint_inputs, checkpoint_metadata, class_weights_for
+    from transferlab.module import read_checkpoint
     from transferlab.phase_control import PhaseControl
     from transferlab.probe import exact_probe
 
-    backbone = instantiate(cfg.backbone)
+    source_ckpt = OmegaConf.select(cfg, "adapt.source_ckpt") if cfg.get("adapt") else None
+    source_model = read_checkpoint(source_ckpt, mmap=True, option="adapt.source_ckpt") if source_ckpt else None
+    # A source-free run loads every model tensor from the source checkpoint: no pretrained weights to read first.
+    backbone = instantiate(cfg.backbone, **({"pretrained": False, "weights": None} if source_ckpt else {}))
     groups = len(backbone.layer_groups)
     schedule = instantiate(cfg.schedule, num_groups=groups, max_epochs=cfg.trainer.get("max_epochs"))
     phases = PhaseControl(schedule, backbone.model, backbone.layer_groups)
     options, target_options, feature_cache = split_options(cfg.data)
     serving = FeatureServing(backbone, feature_cache, phases.backbone_frozen)
-    source = instantiate(options, inputs=backbone.inputs, features=serving)
+    if options.get("source") == "none":  # no source data: the source checkpoint's classes and input preparation
+        meta = checkpoint_metadata(source_model, source_ckpt, "adapt.source_ckpt")
+        inputs, class_names = checkpoint_inputs(meta), meta["class_names"]
+        source = instantiate(options, inputs=inputs, features=serving, class_names=class_names)
+        weights = None  # validate refused class_weights: no labelled source loss to weigh
+    else:
+        source = instantiate(options, inputs=backbone.inputs, features=serving)
+        weights = class_weights_for(cfg.get("class_weights"), source.datasets["train"].labels, source.class_names)
     head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=source.num_classes)
-    weights = class_weights_for(cfg.get("class_weights"), source.datasets["train"].labels, source.class_names)
     module_options = dict(
         class_names=source.class_names,
         optimizer=instantiate(cfg.optimizer),
@@ -129,10 +139,12 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
             adaptation=adaptation,
             score_target=target.labelled,
             target_batches=target.statistics_batches if adabn else None,
+            source_data=target.source_data,
             **module_options,
         )
-        if adaptation is not None and adaptation.source_free:
-            load_source_model(module, adaptation.source_ckpt)
+        if source_model is not None:
+            load_source_model(module, source_model, source_ckpt)
+            backbone.weights_report = f"adapt.source_ckpt={source_ckpt}: every model tensor"
     probe = exact_probe(schedule, phases, head, source, serving, cfg.seed, weights)
     parts = {"backbone": backbone, "phases": phases, "serving": serving, "source": source, "target": target}
     return {**parts, "data": target or source, "module": module, "probe": probe}
@@ -167,7 +179,7 @@ def _fit_and_test(cfg, run_dir: Path, trainer, parts: dict[str, Any], history, l
     rows, phase_history = list(history.history), list(parts["phases"].history)
     out = _summary(cfg, run_dir, trainer, parts, rows)
     out["phases"], out["resumed_from"] = phase_history, ckpt_path
-    if cfg.get("test") and parts["source"].split_sizes().get("test"):
+    if cfg.get("test") and data.has_test():
         wanted = list(cfg.get("test_best_by") or [])
         # Read before testing: a test restores the callbacks' state as the tested checkpoint saved it.
         chosen = {

@@ -37,6 +37,9 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     With ``features`` (a :class:`~transferlab.feature_serving.FeatureServing`), the train (without augmentation)
     and val splits are served as its cached features in the epochs where it is active.
+
+    ``source="none"``: no source data (a source-free run, whose target :class:`~transferlab.data.target.TargetData`
+    serves every split); ``class_names`` and ``inputs`` are then the source checkpoint's.
     """
 
     def __init__(
@@ -67,9 +70,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         bad_rows: str = "skip",
         group_column: str | None = None,
         features: FeatureServing | None = None,
+        class_names: list[str] | None = None,
     ):
         super().__init__()
-        check_options({k: v for k, v in locals().items() if not k.startswith("_") and k != "self"})
+        check_options({k: v for k, v in locals().items() if not k.startswith("_") and k not in ("self", "class_names")})
         self.source, self.root, self.augment, self.bad_files = source, root, augment, bad_files
         self.classes, self.photos = classes, photos
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
@@ -89,13 +93,22 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.inputs = inputs or ImageInputs()
         if overrides:  # image options (check_options refuses them for texts)
             self.inputs = self.inputs.override(**overrides)
-        if (self.inputs.kind == "text") != (source == "text"):
+        self.texts = self.inputs.kind == "text"
+        if source != "none" and self.texts != (source == "text"):
             fix = "a text backbone (backbone=hf)" if source == "text" else "data=text"
             raise ConfigError(f"data.source={source}: the backbone takes {self.inputs.kind}s; use {fix}")
 
         # Listing is cheap and catches layout mistakes before any model is built.
         self.text_column, self.label_column, self.bad_rows = text_column, label_column, bad_rows
-        if source == "text":
+        if source == "none":
+            if class_names is None:
+                raise ConfigError(
+                    "data.source=none: no source data, so no class names; it serves a source-free run "
+                    "(adapt=shot adapt.source_ckpt=...), which reads them from its checkpoint; to score or read "
+                    "images, set data.source=folder data.root=PATH"
+                )
+            self._raw, self.class_names = {}, list(class_names)
+        elif source == "text":
             self._raw, self.class_names = texts.scan_texts(
                 root, text_column, label_column, bad_rows, self.output_dir, group_column=group_column
             )
@@ -108,7 +121,7 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Check the files, split and subsample, build the datasets; later calls do nothing."""
-        if self._datasets:
+        if self._datasets or not self._raw:  # built, or no source data (data.source=none)
             return
         splits = self.make_splits(self.readable(self._raw, "data.root", self.root, self.source == "folder"))
         splits["train"] = sources.few_shot(
@@ -126,7 +139,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         }
 
     def _dataset(self, split: sources.Split, transform) -> Dataset:
-        return (texts.LabeledTexts if self.source == "text" else sources.LabeledImages)(split, transform)
+        return (texts.LabeledTexts if self.texts else sources.LabeledImages)(split, transform)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", self.datasets["train"], shuffle=True)
@@ -159,6 +172,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         subsampling; ``test`` is 0 when absent."""
         datasets = self.datasets if datasets is None else datasets
         return {name: len(datasets.get(name, ())) for name in sources.SPLITS}
+
+    def has_test(self) -> bool:
+        return bool(self.split_sizes().get("test"))
 
     def loader(self, split: str, dataset: Dataset, shuffle: bool = False, num_samples: int | None = None) -> DataLoader:
         """A loader of ``dataset`` (the split named ``split``), or of its cached features where they apply. A

@@ -10,7 +10,10 @@ from transferlab.data.images import BAD_FILE_POLICIES
 from transferlab.data.transforms import AUGMENT_PRESETS
 from transferlab.errors import ConfigError, check_bool, is_number
 
-SOURCES = ("digits", "digits_m", "folder", "text")
+SOURCES = ("digits", "digits_m", "folder", "text", "none")
+# What data.source=none (no source data) cannot use: options of the source's images, and the input preparation,
+# which is the source checkpoint's.
+SOURCE_ONLY = ("root", "samples_per_class", "train_fraction", "input_size", "mean", "std", "group_column")
 TARGET_SOURCES = ("folder", "digits_m")
 
 
@@ -50,11 +53,29 @@ def check_options(options: Mapping[str, Any]) -> None:
     _whole("num_workers", get("num_workers"), 0, "0 (0 loads in the main process)")
     _whole("input_size", get("input_size"), 1, "224")
     check_target(get("target"))
+    if get("source") == "none":
+        _check_no_source(options)
     target = get("target") or {}
     if get("target_batches") and target.get("root") is None and target.get("source") != "digits_m":
         raise ConfigError(
             "data.target.root=null: domain adaptation (adapt=...) needs target images; set data.target.root=PATH "
             "(a folder of target images, flat or in class folders) or use data=digits_m"
+        )
+
+
+def _check_no_source(options: Mapping[str, Any]) -> None:
+    """data.source=none: a source-free run's (adapt.source_ckpt, given beside the options by the config check)."""
+    set_here = [k for k in SOURCE_ONLY if options.get(k) is not None]
+    if set_here:
+        key = set_here[0]
+        raise ConfigError(
+            f"data.{key}={options[key]}: applies to source data, and data.source=none has none (the target is "
+            "prepared as the source checkpoint's run prepared its inputs); remove it, or use data=source_free"
+        )
+    if "source_ckpt" in options and not options["source_ckpt"]:
+        raise ConfigError(
+            "data.source=none: only a source-free run trains without source data; add adapt=shot "
+            "adapt.source_ckpt=<source run>/checkpoints/best.ckpt, or name the source data"
         )
 
 

@@ -42,6 +42,7 @@ class TargetData(pl.LightningDataModule):
     ``training_batches``: ``source`` (the source's batches alone), ``source+target`` (every training batch is
     ``{"source": batch, "target": batch}``, with as many target examples as source ones, drawn by a shuffle of
     their own: CycleShuffle) or ``target`` (``{"target": batch}``: source-free, an epoch is the target's length).
+    Without source data (``data.source=none``; ``source_data`` False) the target's loaders are the only ones.
     """
 
     TRAINING_BATCHES = ("source", "source+target", "target")
@@ -53,6 +54,9 @@ class TargetData(pl.LightningDataModule):
             raise ValueError(f"training_batches={training_batches}: choose one of {self.TRAINING_BATCHES}")
         self.source, self.target = source, dict(target)
         self.root = self.target.get("root")
+        self.source_data = source.source != "none"
+        if not self.source_data and training_batches != "target":
+            raise ValueError("without source data (data.source=none) the training batches are the target's")
         self.training_batches = training_batches
         self.class_names, self.num_classes = source.class_names, source.num_classes
         self._raw, self.labelled = self._list()
@@ -64,7 +68,7 @@ class TargetData(pl.LightningDataModule):
         if kind in DIGIT_SOURCES:
             split, names = DIGIT_SOURCES[kind](check_digit_classes(self.source.classes), self.source.photos)
             raw, shown = {"all": split}, f"data.target.source={kind}"
-        elif self.source.source == "text":
+        elif self.source.texts:
             source = self.source
             raw, names = texts.scan_target(self.root, source.text_column, source.label_column, source.bad_rows)
             shown = f"data.target.root={self.root}"
@@ -83,7 +87,7 @@ class TargetData(pl.LightningDataModule):
         self.source.setup(stage)
         if self._datasets:
             return
-        images = self.root is not None and self.source.source != "text"  # image files to screen
+        images = self.root is not None and not self.source.texts  # image files to screen
         raw = self.source.readable(self._raw, "data.target.root", self.root, images, "target_")
         # An unlabelled target's val is its own examples without augmentation: what the validators score.
         splits = self.source.make_splits(raw) if self.labelled else {"train": raw["all"], "val": raw["all"]}
@@ -112,10 +116,18 @@ class TargetData(pl.LightningDataModule):
         return CombinedLoader({"source": source, "target": target}, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        if not self.source_data:
+            return self.source.loader("target_val", self.datasets["target_val"])
         return self._beside(self.source.val_dataloader(), "target_val")
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        if not self.source_data:
+            return self.source.loader("target_test", self.datasets["target_test"])
         return self._beside(self.source.test_dataloader(), "target_test")
+
+    def has_test(self) -> bool:
+        """Whether there is a test split to score: the source's, or without source data a labelled target's."""
+        return self.source.has_test() or (not self.source_data and "target_test" in self.datasets)
 
     def _beside(self, source: DataLoader, split: str) -> DataLoader | list[DataLoader]:
         if split not in self.datasets:
