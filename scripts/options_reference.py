@@ -31,6 +31,7 @@ NEEDS = {
     "data/text": ["data.root=/tmp"],
     "adapt": ["data=digits_m"],
     "adapt/shot": [f"adapt.source_ckpt={__file__}"],
+    "data/source_free": ["data.input_size=null", "adapt=shot", "adapt.source_ckpt={ckpt}", "monitor=target/im"],
 }
 KEY = re.compile(r"^(?P<indent> *)(?:- )?(?P<key>[A-Za-z_][\w.]*):(?P<value>[^#]*?)\s*(?:#\s?(?P<comment>.*))?$")
 
@@ -186,7 +187,7 @@ TINY = ["backbone.name=test_resnet", "data.classes=[0,1,2]", "data.input_size=32
         "paths.cache_dir=/tmp/transferlab-options/cache"]  # fmt: skip
 
 
-def probe(group: str | None, preset: str | None, key: str, default: str) -> str:
+def probe(group: str | None, preset: str | None, key: str, default: str, ckpt: Path | None = None) -> str:
     """What transferlab-train answers ``key`` set to a value of the wrong kind: the one-line error of the config's
     checks (before anything is built) or of building the run's parts (backbone, data, head, module, Trainer);
     "" where both accept it."""
@@ -199,7 +200,8 @@ def probe(group: str | None, preset: str | None, key: str, default: str) -> str:
 
     overrides = list(TINY) if group != "backbone" or preset == "timm" else TINY[1:]
     if group:
-        overrides += [f"{group}={preset}", *NEEDS.get(group, []), *NEEDS.get(f"{group}/{preset}", [])]
+        needs = [*NEEDS.get(group, []), *NEEDS.get(f"{group}/{preset}", [])]
+        overrides += [f"{group}={preset}", *(o.format(ckpt=ckpt) for o in needs)]
     wrong = wrong_value(default)
 
     def attempt() -> str:
@@ -326,7 +328,7 @@ def generate(probe_errors: bool = True) -> str:
         out += [f"## transferlab-{command}", "", header, ""]
         errors = None
         if made and command == "train":
-            errors = {o.key: probe(None, None, o.key, o.default) for o in options if o.default}
+            errors = {o.key: probe(None, None, o.key, o.default, made[0]) for o in options if o.default}
         elif made:
             errors = {o.key: probe_command(command, o.key, o.default, *made) for o in options if o.default}
         out += [*table(options, "", errors), ""]
@@ -341,8 +343,8 @@ def generate(probe_errors: bool = True) -> str:
             if group.name in GLOBAL_GROUPS or not options:
                 out += ["Sets options of other groups (see the file)." if options else "", ""]
                 continue
-            errors = {f"{group.name}.{o.key}": probe(group.name, path.stem, f"{group.name}.{o.key}", o.default)
-                      for o in options if o.default} if probe_errors else None  # fmt: skip
+            errors = {f"{group.name}.{o.key}": probe(group.name, path.stem, f"{group.name}.{o.key}", o.default,
+                                                     made[0]) for o in options if o.default} if made else None  # fmt: skip
             out += [*table(options, f"{group.name}.", errors), ""]
     return "\n".join(line for line in out).rstrip() + "\n"
 
