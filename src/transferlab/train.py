@@ -84,8 +84,13 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
     from transferlab.adapt_module import DomainAdaptationModule, build_adaptation, load_source_model
     from transferlab.data.target import TargetData, split_options
     from transferlab.feature_serving import FeatureServing
-    from transferlab.module import TransferModule, checkpoint_inputs, checkpoint_metadata, class_weights_for
-    from transferlab.module import read_checkpoint
+    from transferlab.module import (
+        TransferModule,
+        checkpoint_inputs,
+        checkpoint_metadata,
+        class_weights_for,
+        read_checkpoint,
+    )
     from transferlab.phase_control import PhaseControl
     from transferlab.probe import exact_probe
 
