@@ -382,12 +382,12 @@ def test_shot_errors_are_one_line(make_cfg, tmp_path):
 
 
 def test_the_best_checkpoint_by_each_validator_is_kept_and_tested(make_cfg):
-    by = ["target/snd", "target/entropy", "val/acc", "target/acc", "val/loss"]
+    by = ["target/snd", "target/entropy", "val/acc", "target/acc", "val/loss", "target/dev"]
     summary = train(make_cfg(*DA[:1], "adapt=dann", "trainer.max_epochs=3", f"test_best_by=[{','.join(by)}]"))
     assert completed(summary) and list(summary["test_best_by"]) == by
     rows = list(csv.DictReader(open(Path(summary["run_dir"]) / "metrics.csv")))
     for metric, chosen in summary["test_best_by"].items():
-        pick = min if metric in ("target/entropy", "val/loss") else max
+        pick = min if metric in ("target/entropy", "val/loss", "target/dev") else max
         assert chosen["epoch"] == int(pick(rows, key=lambda r: float(r[metric]))["epoch"]), metric
         assert 0 <= chosen["target/acc"] <= 1 and "test/acc" in chosen
     assert summary["test_best_by"]["val/acc"] == {"epoch": summary["best_epoch"], **summary["test"]}

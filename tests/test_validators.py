@@ -14,7 +14,10 @@ from transferlab.errors import ConfigError
 from transferlab.train import train
 from transferlab.validators import (
     DIRECTIONS,
+    ImportanceWeightedValidation,
     TargetValidators,
+    deep_embedded_validation,
+    density_ratios,
     entropy,
     information_maximisation,
     soft_neighbourhood_density,
@@ -63,7 +66,52 @@ def test_the_metric_scores_every_batch_of_the_epoch_at_once():
     values = metric.compute()
     assert values["target/snd"] == pytest.approx(float(_saito_snd(probs)), abs=1e-5)
     assert values["target/im"] == pytest.approx(float(information_maximisation(probs)), abs=1e-6)
-    assert set(values) == set(DIRECTIONS)
+    assert set(values) == set(DIRECTIONS) - {"target/dev"}
+
+
+def _authors_dev_risk(weight, error):
+    """get_dev_risk of the DEV authors' repository (numpy, one column each)."""
+    import numpy as np
+
+    weighted_error = weight * error
+    cov = np.cov(np.concatenate((weighted_error, weight), axis=1), rowvar=False)[0][1]
+    eta = -cov / np.var(weight, ddof=1)
+    return np.mean(weighted_error) + eta * np.mean(weight) - eta
+
+
+def test_dev_estimates_the_target_risk_from_source_losses_under_a_known_shift():
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randn(20000, 1, generator=generator)
+    target = torch.randn(20000, 1, generator=generator) + 1
+    losses = source[:, 0].double() ** 2  # E over the source: 1; over the target: 1 + 1 = 2
+    weights = density_ratios(source, target)  # the true ratio: exp(x - 1/2)
+    assert weights.mean() == pytest.approx(1, abs=0.05)
+    assert torch.corrcoef(torch.stack([weights, torch.exp(source[:, 0].double() - 0.5)]))[0, 1] > 0.99
+    assert losses.mean() == pytest.approx(1, abs=0.05)
+    assert deep_embedded_validation(losses, weights) == pytest.approx(2, abs=0.25)
+    same = density_ratios(source, torch.randn(20000, 1, generator=generator))  # no shift: every weight near 1
+    assert (same - 1).abs().max() < 0.1
+    assert deep_embedded_validation(losses, same) == pytest.approx(float(losses.mean()), abs=0.05)
+    small = (weights[:50], losses[:50])  # the control variate as the authors' code computes it
+    expected = _authors_dev_risk(small[0].numpy()[:, None], small[1].numpy()[:, None])
+    assert deep_embedded_validation(small[1], small[0]) == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_the_dev_metric_scores_the_whole_epoch_and_is_nan_with_too_few_examples():
+    generator = torch.Generator().manual_seed(1)
+    source, target = torch.randn(60, 4, generator=generator), torch.randn(50, 4, generator=generator) + 0.5
+    losses = torch.rand(60, generator=generator)
+    metric = ImportanceWeightedValidation()
+    for features, loss in zip(source.split(16), losses.split(16)):
+        metric.update(features, loss)
+    for features in target.split(16):
+        metric.update(features)
+    whole = deep_embedded_validation(losses.double(), density_ratios(source, target))
+    assert metric.compute() == pytest.approx(float(whole), abs=1e-6)
+    metric = ImportanceWeightedValidation()
+    metric.update(source[:3], losses[:3])
+    metric.update(target)
+    assert math.isnan(metric.compute())
 
 
 def _unlabelled_run(make_cfg, folders: Path, *overrides: str) -> dict:
@@ -71,7 +119,7 @@ def _unlabelled_run(make_cfg, folders: Path, *overrides: str) -> dict:
     return train(make_cfg(*folder, f"data.target.root={folders / 'unlabelled'}", *overrides))
 
 
-@pytest.mark.parametrize("monitor", ["target/snd", "target/entropy"])
+@pytest.mark.parametrize("monitor", ["target/snd", "target/entropy", "target/dev"])
 def test_an_unlabelled_target_chooses_the_checkpoint_by_a_validator(make_cfg, domain_folders, monitor):
     mode = DIRECTIONS[monitor]
     summary = _unlabelled_run(

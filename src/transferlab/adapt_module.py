@@ -14,7 +14,7 @@ from transferlab.batches import FeatureBatch
 from transferlab.errors import ConfigError
 from transferlab.module import TransferModule
 from transferlab.optim import ParamGroup
-from transferlab.validators import DIRECTIONS, TargetValidators
+from transferlab.validators import DIRECTIONS, ImportanceWeightedValidation, TargetValidators
 
 
 class DomainAdaptationModule(TransferModule):
@@ -50,6 +50,7 @@ class DomainAdaptationModule(TransferModule):
         self.target_batches = target_batches
         self._statistics: contextlib.ExitStack | None = None
         self.target_validators = TargetValidators()
+        self.importance_weighted = ImportanceWeightedValidation()
         if score_target:  # logged under target/ in validation and in testing alike
             self.target_val_metrics = self.val_metrics.clone(prefix="target/")
             self.target_test_metrics = self.val_metrics.clone(prefix="target/")
@@ -90,20 +91,31 @@ class DomainAdaptationModule(TransferModule):
         return torch.cat([-logits / 2, logits / 2], 1) if self.binary else logits
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        if dataloader_idx != self.target_loader:
-            return super().validation_step(batch, batch_idx)
-        logits = self.logits(batch)
+        # What the head's classifier reads: target/dev's domain classifier tells the two domains apart on it.
+        features = self.head.hidden(batch.features if isinstance(batch, FeatureBatch) else self.encode(batch.inputs))
+        logits = self.head.fc(features)
+        if dataloader_idx != self.target_loader:  # the source's val
+            _, probs = self.score(logits, batch.target, self.val_metrics, "val")
+            picked = probs.gather(1, batch.target.unsqueeze(1)).squeeze(1)
+            self.importance_weighted.update(features, -torch.log(picked.clamp_min(1e-12)))  # each one's loss
+            return
         if self.score_target:
             _, probs = self.score(logits, batch.target, self.target_val_metrics, "target")
         else:
             probs = self.probabilities(logits)
         self.target_validators.update(probs)
+        if self.source_data:
+            self.importance_weighted.update(features)
 
     def on_validation_epoch_end(self) -> None:
         self._source_statistics()
-        if self.target_validators.update_called:  # every rank's predictions, gathered by the metric
-            self.log_dict(self.target_validators.compute(), sync_dist=True)  # equal on every rank: no warning
+        # Every rank's examples, gathered by the metrics: equal on every rank, so sync_dist warns of nothing.
+        if self.target_validators.update_called:
+            self.log_dict(self.target_validators.compute(), sync_dist=True)
             self.target_validators.reset()
+        if self.importance_weighted.update_called:
+            self.log("target/dev", self.importance_weighted.compute(), sync_dist=True)
+            self.importance_weighted.reset()
 
     # AdaBN: the target's loader runs after the source's, with the target's statistics.
     # Cached features (epochs whose backbone is frozen) were computed once: no BatchNorm runs on them.
@@ -149,7 +161,8 @@ class DomainAdaptationModule(TransferModule):
     def metric_names(self, stages=("train", "val")) -> list[str]:
         if self.adaptation is not None and self.adaptation.source_free:
             stages = ("val",) if self.source_data else ()  # no labelled source batch trains
-        return [*super().metric_names((*stages, "target") if self.score_target else stages), *DIRECTIONS]
+        validators = [m for m in DIRECTIONS if self.source_data or m != "target/dev"]  # dev weighs source val
+        return [*super().metric_names((*stages, "target") if self.score_target else stages), *validators]
 
 
 def build_adaptation(
