@@ -231,6 +231,7 @@ def test_ddp_two_processes_adapt_in_step(tmp_path):
         assert torch.equal(r0[key], r1[key]), key
     summary = json.loads((tmp_path / "run/summary.json").read_text())
     assert summary["status"] == "completed" and summary["adaptation"]["methods"] == ["cdan"]
+    assert np.isfinite(summary["final"]["target/dev"])  # both ranks' examples gathered: one value
 
 
 @pytest.mark.slow
