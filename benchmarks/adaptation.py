@@ -264,7 +264,13 @@ def plot(results: dict, path: Path) -> None:
                 label=f"chosen by {column}",
                 capsize=2,
             )
-        ax.set_xticks([i + width * (len(SELECTIONS) - 1) / 2 for i in range(len(arms))], list(arms), rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(
+            [i + width * (len(SELECTIONS) - 1) / 2 for i in range(len(arms))],
+            list(arms),
+            rotation=30,
+            ha="right",
+            fontsize=8,
+        )
         ax.set(ylabel="target test accuracy", ylim=(0, 1), title=f"{pair} (mean ± sample std over seeds)")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=7)

@@ -449,7 +449,10 @@ def test_shot_without_source_data_matches_the_run_that_names_it(make_cfg, tmp_pa
     assert (Path(alone["run_dir"]) / "confusion.png").is_file()
     # eval needs data named (the run read none), and then scores the target's test split as the run did.
     evaluate_cfg = [f"ckpt_path={alone['checkpoints']['best']}", "split=test", "trainer.accelerator=cpu"]
-    with pytest.raises(ConfigError, match=r"^data.source=none: no source data, so no class names; .*data.source="):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data.source=none: no source data, so nothing to split or score .*; name labelled data: \+data.source=",
+    ):
         evaluate(make_cfg(*evaluate_cfg, run="eval_none", config_name="eval"))
     scored = evaluate(make_cfg(*evaluate_cfg, "+data.source=digits_m", run="eval", config_name="eval"))
     assert scored["metrics"]["test/acc"] == pytest.approx(alone["test"]["target/acc"], abs=1e-6)

@@ -102,10 +102,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.text_column, self.label_column, self.bad_rows = text_column, label_column, bad_rows
         if source == "none":
             if class_names is None:
+                # A source-free run gives them (its checkpoint's): only a module rebuilt from its saved data
+                # config (eval, export) gets here.
                 raise ConfigError(
-                    "data.source=none: no source data, so no class names; it serves a source-free run "
-                    "(adapt=shot adapt.source_ckpt=...), which reads them from its checkpoint; to score or read "
-                    "images, set data.source=folder data.root=PATH"
+                    "data.source=none: no source data, so nothing to split or score (a source-free run's data); "
+                    "name labelled data: +data.source=folder data.root=PATH"
                 )
             self._raw, self.class_names = {}, list(class_names)
         elif source == "text":
