@@ -97,7 +97,7 @@ def test_dev_estimates_the_target_risk_from_source_losses_under_a_known_shift():
     assert deep_embedded_validation(small[1], small[0]) == pytest.approx(float(expected), rel=1e-9)
 
 
-def test_the_dev_metric_scores_the_whole_epoch_and_is_nan_with_too_few_examples():
+def test_the_dev_metric_scores_the_whole_epoch_and_is_nan_with_too_few_examples_or_nan_features():
     generator = torch.Generator().manual_seed(1)
     source, target = torch.randn(60, 4, generator=generator), torch.randn(50, 4, generator=generator) + 0.5
     losses = torch.rand(60, generator=generator)
@@ -110,6 +110,10 @@ def test_the_dev_metric_scores_the_whole_epoch_and_is_nan_with_too_few_examples(
     assert metric.compute() == pytest.approx(float(whole), abs=1e-6)
     metric = ImportanceWeightedValidation()
     metric.update(source[:3], losses[:3])
+    metric.update(target)
+    assert math.isnan(metric.compute())
+    metric = ImportanceWeightedValidation()  # a diverged model's features: NaN, not scikit-learn's error
+    metric.update(source * float("nan"), losses)
     metric.update(target)
     assert math.isnan(metric.compute())
 

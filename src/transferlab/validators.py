@@ -18,7 +18,9 @@ with the direction in :data:`DIRECTIONS` (``monitor_mode`` is checked against it
   the standardised features the head's classifier reads) fit on source val against target val, cross-fitted in
   ``DEV_FOLDS`` folds so that no example's weight comes from a classifier that saw it (the authors fit on source
   train against target train and weigh source val; this needs no pass over the training data). The only
-  validator that reads source labels; it estimates the target risk, so it also ranks a collapsed model badly.
+  validator that reads source labels. Meant as an estimate of the target risk, so a model that predicts one class
+  scores badly; where the domains are easy to tell apart the ratios collapse and its values lie far from the
+  target loss (benchmarks/README.md), though it may still rank epochs well.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def deep_embedded_validation(losses: torch.Tensor, weights: torch.Tensor) -> tor
 class ImportanceWeightedValidation(Metric):
     """``target/dev`` over an epoch: ``update(features, losses)`` with the source val's features and per-example
     losses, ``update(features)`` with the target val's (gathered across DDP ranks). Too few examples of either
-    domain for the folds: NaN."""
+    domain for the folds, or features that are not finite (a diverged model): NaN."""
 
     full_state_update = False
 
@@ -111,7 +113,7 @@ class ImportanceWeightedValidation(Metric):
         if len(self.source_features) == 0 or len(self.target_features) == 0:
             return torch.tensor(float("nan"))
         source, target = dim_zero_cat(self.source_features), dim_zero_cat(self.target_features)
-        if min(len(source), len(target)) < DEV_FOLDS:
+        if min(len(source), len(target)) < DEV_FOLDS or not (source.isfinite().all() and target.isfinite().all()):
             return torch.tensor(float("nan"), device=source.device)
         weights = density_ratios(source, target).to(source.device, torch.float64)
         return deep_embedded_validation(dim_zero_cat(self.source_losses).double(), weights).float()
