@@ -13,8 +13,10 @@ class ConfigError(ValueError):
 
 def is_number(value: object, whole: bool = False) -> bool:
     """A finite number (a whole one with ``whole``): not a bool, a string or NaN."""
-    kinds = (int,) if whole else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)  # type: ignore[arg-type]
+    if isinstance(value, bool) or not isinstance(value, (int,) if whole else (int, float)):
+        return False
+    # Every int is finite; math.isfinite would overflow on one too large for a float (e.g. 1 and 400 zeros).
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def check_bool(option: str, value: object, allow_none: bool = False) -> None:
