@@ -101,7 +101,10 @@ def test_defaults_are_a_valid_offline_run():
         ("lr_scheduler=step lr_scheduler.gamma=0", "lr_scheduler.gamma=0"),
         ("data=digits_m adapt=dann adapt.adversarial_weight=1e30", "adapt.adversarial_weight=1e+30: use a number in"),
         # An int too large for a float: checked as a number, not an OverflowError.
-        (f"data=digits_m adapt=dann adapt.adversarial_weight=1{'0' * 400}", f"adapt.adversarial_weight=1{'0' * 400}: use"),
+        (
+            f"data=digits_m adapt=dann adapt.adversarial_weight=1{'0' * 400}",
+            f"adapt.adversarial_weight=1{'0' * 400}: use",
+        ),
     ],
 )
 def test_validation_names_the_option(override, option):
