@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.errors import ConfigError, check_bool
+from transferlab.errors import ConfigError, check_bool, is_number
 
 # Lightning's precision values (its short aliases 32, 64, 16, bf16 included).
 PRECISIONS = (
@@ -95,11 +93,11 @@ def validate(cfg: DictConfig) -> None:
                     "metric, e.g. monitor=target/im monitor_mode=max"
                 )
     smoothing = cfg.get("label_smoothing", 0.0)
-    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+    if not is_number(smoothing) or not 0 <= smoothing < 1:
         raise ConfigError(f"label_smoothing={smoothing}: use a number in [0, 1)")
 
     seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+    if not is_number(seed, whole=True) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed={seed}: use a whole number in [0, 2^32), e.g. seed=42")
     for key in ("test", "overwrite", "filter_bias_and_bn"):
         check_bool(key, cfg.get(key, False))
@@ -133,7 +131,6 @@ def check_accelerator(accelerator: str) -> None:
 
 def _positive(cfg: DictConfig, key: str, example: str, integer: bool = False) -> None:
     value = OmegaConf.select(cfg, key)
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not 0 < value < math.inf:
+    if not is_number(value, whole=integer) or value <= 0:
         kind = "a whole number" if integer else "a number"
         raise ConfigError(f"{key}={value}: must be {kind} > 0, e.g. {key}={example}")

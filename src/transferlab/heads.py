@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from transferlab.errors import ConfigError, check_bool
+from transferlab.errors import ConfigError, check_bool, is_number
 
 
 def check_options(options: dict) -> None:
     """The ``head.`` options (dropout, hidden_sizes, activation, norm) that cannot work, as one-line errors."""
     dropout = options.get("dropout", 0.0)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if not is_number(dropout) or not 0 <= dropout < 1:
         raise ConfigError(f"head.dropout={dropout}: use a number in [0, 1), e.g. head.dropout=0.1")
     sizes = options.get("hidden_sizes", [])
     if (

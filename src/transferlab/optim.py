@@ -87,7 +87,7 @@ def warmup_cosine(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0
 ) -> LambdaLR:
     """Linear warmup then cosine decay to ``min_lr_ratio`` x each group's own lr, stepped per optimizer step."""
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+    if not is_number(warmup_steps, whole=True) or warmup_steps < 0:
         raise ConfigError(f"lr_scheduler.warmup_steps={warmup_steps}: use a whole number >= 0, e.g. 100")
     if not is_number(min_lr_ratio) or not 0 <= min_lr_ratio <= 1:
         raise ConfigError(f"lr_scheduler.min_lr_ratio={min_lr_ratio}: use a number in [0, 1], e.g. 0.01")

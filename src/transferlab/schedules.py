@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -49,7 +48,7 @@ class Phase:
             raise ConfigError(f"schedule.bn_mode={self.bn_mode}: choose one of {', '.join(BN_MODES)}")
         for option in ("backbone_lr_mult", "head_lr_mult"):
             value = getattr(self, option)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            if not is_number(value) or value <= 0:
                 raise ConfigError(f"schedule.{option}={value}: must be > 0; freeze with freeze_depth")
         if self.layer_decay is not None and not (is_number(self.layer_decay) and 0 < self.layer_decay <= 1):
             raise ConfigError(f"schedule.layer_decay={self.layer_decay}: use a number in (0, 1], e.g. 0.65")
@@ -67,7 +66,7 @@ class Phase:
                 f"freeze_depth={self.freeze_depth}; set schedule.freeze_depth=all or schedule.probe=sgd"
             )
         depth = self.freeze_depth
-        if depth != "all" and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+        if depth != "all" and (not is_number(depth, whole=True) or depth < 0):
             raise ConfigError(f"schedule.freeze_depth={depth}: use a whole number of layer groups >= 0, or all")
 
     def frozen_count(self, groups: Sequence[LayerGroup]) -> int:
@@ -187,7 +186,7 @@ def preset(
 
 def _pace(freeze_depth: int | str, num_groups: int | None, fraction: float, max_epochs: int | None) -> int:
     """Epochs per unfrozen group that finish the unfreezing after ``fraction`` of ``max_epochs``."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+    if not is_number(fraction) or not 0 < fraction <= 1:
         raise ConfigError(f"schedule.unfreeze_fraction={fraction}: use a number in (0, 1], e.g. 0.5")
     if max_epochs is None or num_groups is None:
         return 1

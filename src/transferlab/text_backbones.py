@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from transferlab.backbones import Backbone, dry_forward_features
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, is_number
 from transferlab.layer_groups import LayerGroup
 from transferlab.layer_groups import layer_groups as layer_groups_of
 from transferlab.text_inputs import TextInputs
@@ -50,7 +50,7 @@ def create_hf_backbone(
         raise ConfigError("backbone: give exactly one of backbone.name (a hub name) or backbone.path (a local folder)")
     if pooling not in POOLINGS:
         raise ConfigError(f"backbone.pooling={pooling}: choose one of {', '.join(POOLINGS)}")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+    if not is_number(max_length, whole=True) or max_length < 2:
         raise ConfigError(f"backbone.max_length={max_length}: use a whole number >= 2, e.g. 128")
     if weights:
         raise ConfigError("backbone.weights: a text backbone loads its weights from backbone.path; remove it")

@@ -32,7 +32,7 @@ def resolve_data_config(
     """The backbone's data config (or the defaults) with ``data.input_size/mean/std`` overrides applied."""
     config = {**DEFAULT_DATA_CONFIG, **dict(data_config or {})}
     if input_size is not None:
-        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        if not is_number(input_size, whole=True) or input_size < 1:
             raise ConfigError(f"data.input_size={input_size} must be a positive number of pixels, e.g. 224")
         config["input_size"] = (3, int(input_size), int(input_size))
     for name, value in (("mean", mean), ("std", std)):
