@@ -86,7 +86,7 @@ def validate(cfg: DictConfig) -> None:
                 f"class_weights={cfg.class_weights}: weighs the labelled source loss, and data.source=none has none; "
                 "remove it"
             )
-        for option, metric in [("monitor", cfg.get("monitor")), *(("test_best_by", m) for m in selections or [])]:
+        for option, metric in chosen_by(cfg):
             if not str(metric).startswith("target/"):
                 raise ConfigError(
                     f"{option}={metric}: data.source=none has no source split to score; choose by a target "
@@ -102,6 +102,11 @@ def validate(cfg: DictConfig) -> None:
     for key in ("test", "overwrite", "filter_bias_and_bn"):
         check_bool(key, cfg.get(key, False))
     check_bool("trainer.compile", cfg.trainer.get("compile", False))
+
+
+def chosen_by(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(option, metric) for each metric that chooses checkpoints: ``monitor``, then each of ``test_best_by``."""
+    return [("monitor", cfg.get("monitor")), *(("test_best_by", m) for m in cfg.get("test_best_by") or [])]
 
 
 def _check_optimizer(cfg: DictConfig) -> None:

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.cli import cli_main, conf_dir, instantiate, job_summary, run_task
-from transferlab.config import check_accelerator, validate
+from transferlab.config import check_accelerator, chosen_by, validate
 from transferlab.errors import ConfigError
 from transferlab.run_folder import CHECKPOINTS, claim, locked, recorded, versions, write_summary
 
@@ -71,10 +71,10 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def check_metrics(cfg: DictConfig, module) -> None:
     """``monitor`` and ``test_best_by`` name metrics that ``module`` logs."""
-    for option, metric in [("monitor", cfg.monitor), *(("test_best_by", m) for m in cfg.get("test_best_by") or [])]:
-        if metric not in module.metric_names():
-            names = ", ".join(module.metric_names())
-            raise ConfigError(f"{option}={metric}: no step logs it; choose one of {names}")
+    logged = module.metric_names()
+    for option, metric in chosen_by(cfg):
+        if metric not in logged:
+            raise ConfigError(f"{option}={metric}: no step logs it; choose one of {', '.join(logged)}")
 
 
 def _build(cfg: DictConfig) -> dict[str, Any]:
