@@ -32,6 +32,8 @@ from statistics import mean
 from adaptation_setting import digits_pair
 from schedules import _lite0_weights, arguments, provenance, run
 
+from transferlab.validators import DIRECTIONS, direction
+
 ARMS = {
     "source only": ["adapt=none"],
     "source only, target in BatchNorm": ["adapt=mixed_bn"],
@@ -53,7 +55,6 @@ SELECTIONS = {  # column -> the metric whose best epoch is tested
     "target val labels (oracle)": "target/acc",
 }
 LABEL_FREE = ("source val", "target/entropy", "target/im", "target/snd", "target/dev")
-VALIDATORS = ("target/im", "target/snd", "target/entropy", "target/dev")
 
 
 def pairs(shared: Path, domains: Path, setting: list[str]) -> dict[str, tuple[list[str], list[str]]]:
@@ -126,7 +127,7 @@ def scores(summary: dict) -> dict:
         out[column] = {
             "epoch": chosen["epoch"],
             "target_test_acc": chosen["target/acc"],
-            **{m: float(row[m]) for m in VALIDATORS},
+            **{m: float(row[m]) for m in DIRECTIONS},
         }
     return out
 
@@ -225,7 +226,8 @@ def goals(results: dict) -> str:
         # target/dev (an estimate of the target risk, so comparable across arms); their target test accuracy.
         methods = [a for a in arms if "oracle" not in a]
         seeds = len(acc["source only"]["source val"])
-        for validator, pick in (("target/im", max), ("target/dev", min)):
+        for validator in ("target/im", "target/dev"):
+            pick = max if direction(validator) == "max" else min
             picked = []
             for seed in range(seeds):
                 best = pick(methods, key=lambda a: arms[a]["chosen"][seed][validator][validator])
